@@ -1,0 +1,122 @@
+"""EfficientHRNet as a Keras 3 functional model."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from keras_ehrnet import blocks
+from keras_ehrnet.backbone import _input_shape, efficientnet_features, pixel_normalization
+from keras_ehrnet.scaling import EHRNetConfig, LevelLike, get_config
+
+OUTPUT_NAMES = ("quarter", "half")
+
+
+def _build_graph(config: EHRNetConfig, input_size):
+    inputs = keras.Input(_input_shape(input_size, multiple=32), name="image")
+    x = pixel_normalization()(inputs)
+    c4, c8, c16, c32 = efficientnet_features(x, config)
+    w = config.hr_widths
+    m2, m3, m4 = config.modules_per_stage
+    nb = config.blocks_per_branch
+
+    xs = [blocks.transition(c4, w[0], "trans1_branch1"), blocks.transition(c8, w[1], "trans1_branch2")]
+    for m in range(m2):
+        xs = blocks.hr_module(xs, w[:2], nb, f"stage2_module{m}")
+    xs = [blocks.transition(t, w[b], f"trans2_branch{b + 1}") for b, t in enumerate(xs)]
+    xs.append(blocks.transition(c16, w[2], "trans2_branch3"))
+    for m in range(m3):
+        xs = blocks.hr_module(xs, w[:3], nb, f"stage3_module{m}")
+    xs = [blocks.transition(t, w[b], f"trans3_branch{b + 1}") for b, t in enumerate(xs)]
+    xs.append(blocks.transition(c32, w[3], "trans3_branch4"))
+    for m in range(m4):
+        xs = blocks.hr_module(xs, w, nb, f"stage4_module{m}", multi_scale_output=m < m4 - 1)
+    features = xs[0]
+
+    j = config.num_joints
+    quarter = layers.Conv2D(
+        j + config.tag_channels,
+        1,
+        kernel_initializer=blocks.small_normal(),
+        name="final_quarter",
+    )(features)
+    x = layers.Concatenate(name="deconv_concat")([features, quarter])
+    x = layers.Conv2DTranspose(
+        config.deconv_width,
+        4,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=blocks.small_normal(),
+        name="deconv_conv",
+    )(x)
+    x = blocks.batch_norm(x, "deconv_bn")
+    x = layers.Activation("relu", name="deconv_relu")(x)
+    for k in range(config.deconv_blocks):
+        x = blocks.basic_block(x, config.deconv_width, f"deconv_block{k}")
+    half = layers.Conv2D(j, 1, kernel_initializer=blocks.small_normal(), name="final_half")(x)
+    # Float32 outputs whatever the compute dtype (mixed precision).
+    quarter = layers.Activation("linear", dtype="float32", name="quarter")(quarter)
+    half = layers.Activation("linear", dtype="float32", name="half")(half)
+    return inputs, [quarter, half]
+
+
+@keras.saving.register_keras_serializable(package="keras_ehrnet")
+class EfficientHRNet(keras.Model):
+    """EfficientHRNet H0 … H-4 (or any φ): RGB pixels in [0, 255] → heatmaps and tags.
+
+    Outputs, in order: `quarter` (B, H/4, W/4, J heatmaps then J tags) and
+    `half` (B, H/2, W/2, J heatmaps). `config` holds every size.
+    """
+
+    def __init__(
+        self,
+        level: LevelLike = "H0",
+        *,
+        num_joints: int = 17,
+        input_size: int | tuple[int, int] | None = None,
+        tag_per_joint: bool = True,
+        **kwargs,
+    ):
+        config = get_config(level, num_joints=num_joints, tag_per_joint=tag_per_joint)
+        inputs, outputs = _build_graph(config, input_size)
+        kwargs.setdefault("name", f"efficienthrnet_{config.name}")
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.level = level if not isinstance(level, str) else config.name
+        self.num_joints = num_joints
+        self.input_size = tuple(input_size) if isinstance(input_size, (list, tuple)) else input_size
+        self.tag_per_joint = tag_per_joint
+        self.config = config
+
+    def get_config(self) -> dict:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "level": self.level,
+            "num_joints": self.num_joints,
+            "input_size": self.input_size,
+            "tag_per_joint": self.tag_per_joint,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects=None) -> EfficientHRNet:
+        config = dict(config)
+        if isinstance(config.get("input_size"), list):
+            config["input_size"] = tuple(config["input_size"])
+        return cls(**config)
+
+
+def build_model(
+    level: LevelLike = "H0",
+    *,
+    num_joints: int = 17,
+    input_size: int | tuple[int, int] | None = None,
+    tag_per_joint: bool = True,
+) -> EfficientHRNet:
+    """Build EfficientHRNet for a level ("H0", "H-1" … "H-4") or a compound coefficient φ.
+
+    `input_size=None` accepts any height and width divisible by 32; the level's
+    native resolution R = 512 + 32φ is `model.config.input_size`. Weights are
+    randomly initialised as in the released code; nothing is downloaded.
+    """
+    return EfficientHRNet(level, num_joints=num_joints, input_size=input_size, tag_per_joint=tag_per_joint)

@@ -1,0 +1,1 @@
+"""Programs: conversion (thin command-line front ends over keras_ehrnet)."""

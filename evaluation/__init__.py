@@ -1,0 +1,1 @@
+"""Programs: evaluation (thin command-line front ends over keras_ehrnet)."""

@@ -1,0 +1,12 @@
+"""Benchmark programs: `python -m evaluation.benchmark <subcommand> …`.
+
+Each subcommand lives in its own module of this package and exposes `main(argv)`.
+"""
+
+SUBCOMMANDS = {
+    "data": "Images per second through the tf.data training pipeline.",
+    "decode": "Decode (grouping) time per image, side by side with the reference grouping.",
+    "train": "Training images per second per level.",
+    "latency": "Model latency per level and runtime.",
+    "report": "The paper's Table 3/4/5 layout for our models, with plots.",
+}

@@ -1,0 +1,1 @@
+"""Programs: training (thin command-line front ends over keras_ehrnet)."""

@@ -1,11 +1,11 @@
 """Model: scaling config, architectural parity with the released code, shapes, serialisation."""
 
 import json
-from functools import cache
 
 import keras
 import numpy as np
 import pytest
+from conftest import cached_model
 
 import keras_ehrnet as ke
 from keras_ehrnet.macs import count_macs
@@ -24,9 +24,8 @@ TABLE1 = {
 }
 
 
-@cache
-def model_for(level: str):
-    return ke.build_model(level)
+def model_for(level: str):  # shared across test files
+    return cached_model(level)
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -91,7 +90,7 @@ def test_output_shapes_square_and_non_square():
     model = model_for("H-4")
     assert model.output_names == ["quarter", "half"] or [t.name for t in model.outputs]
     for h, w in [(128, 128), (96, 160), (224, 64)]:
-        q, hf = model.predict(np.zeros((2, h, w, 3), np.float32), verbose=0)
+        q, hf = (t.numpy() for t in model(np.zeros((2, h, w, 3), np.float32), training=False))
         assert q.shape == (2, h // 4, w // 4, 34)
         assert hf.shape == (2, h // 2, w // 2, 17)
 
@@ -99,7 +98,7 @@ def test_output_shapes_square_and_non_square():
 def test_custom_joints_and_single_tag_and_fixed_input():
     model = ke.build_model("H-4", num_joints=14, tag_per_joint=False, input_size=(64, 96))
     assert model.input_shape == (None, 64, 96, 3)
-    q, h = model.predict(np.zeros((1, 64, 96, 3), np.float32), verbose=0)
+    q, h = model(np.zeros((1, 64, 96, 3), np.float32), training=False)
     assert q.shape == (1, 16, 24, 15) and h.shape == (1, 32, 48, 14)
 
 
@@ -107,7 +106,7 @@ def test_backbone_endpoints_are_stage_ends():
     for level in ["H0", "H-4", -2.5, 1]:
         cfg = ke.get_config(level)
         model = keras.Model(*_backbone_io(cfg))
-        outs = model.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0)
+        outs = model(np.zeros((1, 64, 64, 3), np.float32), training=False)
         assert [o.shape[1] for o in outs] == [16, 8, 4, 2]
         assert [o.shape[-1] for o in outs] == list(cfg.endpoint_channels)
 
@@ -122,13 +121,13 @@ def _backbone_io(cfg):
 def test_keras_round_trip_gives_identical_outputs(tmp_path):
     model = ke.build_model("H-4", num_joints=5)
     x = np.random.default_rng(0).uniform(0, 255, (1, 64, 96, 3)).astype(np.float32)
-    before = model.predict(x, verbose=0)
+    before = [t.numpy() for t in model(x, training=False)]
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path)
     assert isinstance(loaded, ke.EfficientHRNet)
     assert loaded.config == model.config
-    after = loaded.predict(x, verbose=0)
+    after = [t.numpy() for t in loaded(x, training=False)]
     for a, b in zip(before, after):
         np.testing.assert_array_equal(a, b)
     # weights-only save/load into a fresh model
@@ -136,7 +135,7 @@ def test_keras_round_trip_gives_identical_outputs(tmp_path):
     model.save_weights(wpath)
     fresh = ke.build_model("H-4", num_joints=5)
     fresh.load_weights(wpath)
-    for a, b in zip(before, fresh.predict(x, verbose=0)):
+    for a, b in zip(before, [t.numpy() for t in fresh(x, training=False)]):
         np.testing.assert_array_equal(a, b)
 
 
@@ -191,7 +190,7 @@ def test_fractional_and_positive_phi():
 
 def test_backbone_classifier_shares_feature_names():
     clf = ke.build_backbone_classifier("B-4", num_classes=10, input_size=None)
-    out = clf.predict(np.zeros((2, 128, 128, 3), np.float32), verbose=0)
+    out = clf(np.zeros((2, 128, 128, 3), np.float32), training=False)
     assert out.shape == (2, 10)
     pose = model_for("H-4")
     shared = {x.name for x in clf.layers if x.weights} & {x.name for x in pose.layers if x.weights}

@@ -298,6 +298,21 @@ class AggregatedMaps:
     heatmaps: np.ndarray
     tag_sources: list
 
+    @classmethod
+    def from_arrays(cls, heatmaps: np.ndarray, tags: np.ndarray) -> AggregatedMaps:
+        """Maps given directly on the grouping grid: heatmaps [H, W, J], tags [H, W, J or 1(, D)]."""
+        heatmaps = np.ascontiguousarray(heatmaps, dtype=np.float32)
+        tags = np.asarray(tags, dtype=np.float32)
+        if tags.ndim == 3:
+            tags = tags[..., None]
+        size = heatmaps.shape[:2]
+        if heatmaps.ndim != 3 or tags.ndim != 4 or tags.shape[:2] != size:
+            raise ValueError(
+                f"need heatmaps [H, W, J] and tags [H, W, J, D]; got {heatmaps.shape} and {tags.shape}"
+            )
+        sources = [_TagSource(np.ascontiguousarray(tags[..., d]), size, size) for d in range(tags.shape[-1])]
+        return cls(heatmaps, sources)
+
     def tags_at(self, ys: np.ndarray, xs: np.ndarray, js: np.ndarray | int) -> np.ndarray:
         """Tag vectors [n, D] at base-grid pixels (ys, xs) for joints js."""
         return np.stack([src.sample(ys, xs, js) for src in self.tag_sources], axis=-1)

@@ -1,8 +1,10 @@
 """keras-ehrnet: EfficientHRNet multi-person pose estimation for TensorFlow/Keras 3."""
 
 from keras_ehrnet.backbone import build_backbone_classifier
+from keras_ehrnet.macs import count_macs
 from keras_ehrnet.model import EfficientHRNet, build_model
 from keras_ehrnet.scaling import PRESET_NAMES, EHRNetConfig, get_config
+from keras_ehrnet.torch_import import load_torch_weights
 
 __version__ = "0.1.0"
 
@@ -12,5 +14,7 @@ __all__ = [
     "PRESET_NAMES",
     "build_backbone_classifier",
     "build_model",
+    "count_macs",
     "get_config",
+    "load_torch_weights",
 ]

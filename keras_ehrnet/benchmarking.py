@@ -1,0 +1,145 @@
+"""Honest latency measurement: warm-up, many runs, robust statistics, machine facts.
+
+Used by the profile and benchmark programs. Timing lives here, never in tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class LatencyStats:
+    """Milliseconds per call over the timed runs (warm-up discarded)."""
+
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    mean_ms: float
+    runs: int
+    warmup: int
+    foreign_cpu_frac: float | None = None  # share of machine CPU used by other processes meanwhile
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["fps"] = round(self.fps, 2)
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def time_callable(fn: Callable[[], object], *, warmup: int = 3, runs: int = 15) -> LatencyStats:
+    """Time `fn()` after `warmup` calls; the result of each call is materialised by `fn` itself."""
+    if runs < 1:
+        raise ValueError(f"runs must be ≥ 1, got {runs}")
+    for _ in range(warmup):
+        fn()
+    before = _cpu_snapshot()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    after = _cpu_snapshot()
+    times_sorted = sorted(times)
+    return LatencyStats(
+        median_ms=statistics.median(times),
+        p90_ms=float(np.percentile(times_sorted, 90)),
+        min_ms=times_sorted[0],
+        max_ms=times_sorted[-1],
+        mean_ms=statistics.fmean(times),
+        runs=runs,
+        warmup=warmup,
+        foreign_cpu_frac=_foreign_fraction(before, after),
+    )
+
+
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(machine busy seconds, machine total seconds, this process's CPU seconds) from /proc."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(x) for x in f.readline().split()[1:]]
+        tick = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+        total = sum(fields[:8])
+        own = time.process_time()
+        return ((total - idle) / tick, total / tick, own)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _foreign_fraction(before, after) -> float | None:
+    if before is None or after is None:
+        return None
+    busy = after[0] - before[0]
+    total = after[1] - before[1]
+    own = after[2] - before[2]
+    if total <= 0:
+        return None
+    return round(max(0.0, busy - own) / total, 4)
+
+
+def configure_threads(num_threads: int | None) -> int:
+    """Pin TensorFlow's intra-op pool (inter-op 1) before any op runs; returns the count used."""
+    import tensorflow as tf
+
+    n = num_threads or os.cpu_count() or 1
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # runtime already initialised: keep its setting
+    return tf.config.threading.get_intra_op_parallelism_threads() or n
+
+
+def keras_infer_fn(model, input_size: tuple[int, int], *, batch: int = 1, xla: bool = False, seed: int = 0):
+    """A no-argument callable running the model as a compiled tf.function on fixed random pixels."""
+    import tensorflow as tf
+
+    h, w = input_size
+    x = tf.constant(np.random.default_rng(seed).uniform(0, 255, (batch, h, w, 3)).astype(np.float32))
+    fn = tf.function(lambda t: model(t, training=False), jit_compile=xla, reduce_retracing=True)
+
+    def run():
+        outs = fn(x)
+        return [o.numpy() for o in outs]
+
+    return run
+
+
+def machine_info() -> dict:
+    """CPU model, logical cores, Python and TensorFlow versions, for every benchmark report."""
+    info = {
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "logical_cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+    }
+    try:
+        import tensorflow as tf
+
+        info["tensorflow"] = tf.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -1,0 +1,77 @@
+"""Poses in images, folders and videos: JSON per input and drawn skeletons.
+
+    python -m evaluation.predict --model model.keras photo.jpg holiday/ clip.mp4 --out predictions/
+
+For each image `<name>.json` (people: keypoints [x, y, score] in image pixels,
+score, box) and `<name>.jpg` with the skeletons; for each video `<name>.json`
+(people per frame) and `<name>.mp4`. Unreadable files are skipped and listed.
+Frames per second (prediction only, not file I/O) are reported at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m evaluation.predict", description=__doc__.split("\n")[0])
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", type=Path, help=".keras file, SavedModel directory, .tflite or .onnx file")
+    what.add_argument("--level", help="a randomly initialised model of this level, for smoke runs")
+    p.add_argument("inputs", nargs="+", help="image files, folders of images, video files")
+    p.add_argument(
+        "--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)"
+    )
+    p.add_argument("--input-size", type=int, help="short side R of the network input (default: the model's)")
+    p.add_argument(
+        "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test (default on)"
+    )
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales, e.g. 0.5 1 1.5")
+    p.add_argument("--min-score", type=float, default=0.1, help="drop people scoring below this")
+    p.add_argument("--no-draw", action="store_true", help="JSON only, no drawn images or videos")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from keras_ehrnet.predictor import Predictor, predict_files
+
+    if args.level:
+        import keras_ehrnet
+
+        model = keras_ehrnet.build_model(args.level)
+    else:
+        model = args.model
+    try:
+        predictor = Predictor(
+            model,
+            input_size=args.input_size,
+            flip=args.flip,
+            scales=tuple(args.scales),
+            min_score=args.min_score,
+        )
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = predict_files(predictor, args.inputs, args.out, draw=not args.no_draw, progress=not args.quiet)
+    for entry in summary["inputs"]:
+        extra = f", {entry['frames']} frames at {entry['fps']:.1f} fps" if entry["kind"] == "video" else ""
+        print(f"{entry['input']}: {entry['people']} people{extra} -> {entry.get('json', '-')}")
+    for entry in summary["skipped"]:
+        print(f"skipped {entry['input']}: {entry['reason']}", file=sys.stderr)
+    print(
+        f"{summary['frames']} frame(s) in {summary['seconds']:.2f} s: {summary['fps']:.2f} frames per second "
+        f"({predictor.name}, input {predictor.input_size}, flip {'on' if predictor.flip else 'off'})"
+    )
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return 0 if summary["inputs"] or not summary["skipped"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""COCO keypoint evaluation: predictions → COCO results → pycocotools' AP/AR table.
+
+    summary = evaluate_coco(model, "person_keypoints_val2017.json", "val2017/")
+    summary["AP"], summary["decode_ms_median"]
+
+Works for a keras.Model, any runtime artefact (through `Predictor`), a ready
+`Predictor`, or `keras_ehrnet.oracle.Oracle()` (ideal outputs from the ground
+truth: the ceiling of the decoding). Person scores and result fields follow
+HigherHRNet's COCO evaluation (score = mean joint detection value, no rescoring,
+no OKS-NMS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from keras_ehrnet.decoding import DecodeConfig, DecodeResult, decode_outputs
+
+log = logging.getLogger("keras_ehrnet.evaluate")
+
+# pycocotools' keypoint stats, in COCOeval.stats order.
+COCO_STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
+
+
+def load_coco(ann_file: str | os.PathLike, *, verbose: bool = False):
+    """A pycocotools COCO object for `ann_file`, with errors that name the file."""
+    from pycocotools.coco import COCO
+
+    path = Path(ann_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
+            coco = COCO(str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"annotation file {path} is not valid JSON: {err}") from err
+    except (KeyError, TypeError, AssertionError) as err:
+        raise ValueError(f"annotation file {path} is not in COCO format: {err!r}") from err
+    return coco
+
+
+def keypoint_category(coco) -> dict:
+    """The (first) category that has keypoints, e.g. COCO's person."""
+    for cat in coco.loadCats(coco.getCatIds()):
+        if cat.get("keypoints"):
+            return cat
+    raise ValueError("the annotation file has no category with keypoints (not a keypoint dataset)")
+
+
+def coco_results(image_id: int, result: DecodeResult, category_id: int = 1) -> list[dict]:
+    """COCO keypoint results for one image: one dict per person (keypoints x, y, score flattened)."""
+    out = []
+    for kp, score in zip(result.keypoints, result.scores):
+        out.append(
+            {
+                "image_id": int(image_id),
+                "category_id": int(category_id),
+                "keypoints": [round(float(v), 3) for v in np.asarray(kp, np.float64).reshape(-1)],
+                "score": float(score),
+            }
+        )
+    return out
+
+
+def coco_summary(
+    coco_gt,
+    results: Sequence[dict],
+    image_ids: Sequence[int] | None = None,
+    *,
+    oks_sigmas: Sequence[float] | None = None,
+    verbose: bool = True,
+) -> dict[str, float]:
+    """Run pycocotools' keypoint evaluation; returns {"AP": …, "AR": …} (all 0 without any result).
+
+    `verbose` prints pycocotools' table. `oks_sigmas`: per-joint OKS constants for joint sets
+    other than COCO's 17.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    if not results:
+        log.warning("no detections in any image: AP and AR are 0")
+        if verbose:
+            print("No detections: AP and AR are 0.")
+        return {name: 0.0 for name in COCO_STAT_NAMES}
+    num_joints = len(results[0]["keypoints"]) // 3
+    quiet = contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext()
+    with quiet:
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        ev = COCOeval(coco_gt, coco_dt, "keypoints")
+        if oks_sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=np.float64)
+        elif num_joints != len(ev.params.kpt_oks_sigmas):
+            raise ValueError(
+                f"results have {num_joints} joints but COCO's OKS constants are for "
+                f"{len(ev.params.kpt_oks_sigmas)}: pass oks_sigmas"
+            )
+        if image_ids is not None:
+            ev.params.imgIds = list(image_ids)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {name: float(max(v, 0.0)) for name, v in zip(COCO_STAT_NAMES, ev.stats)}
+
+
+def _flip_index_from_names(names: Sequence[str]) -> tuple[int, ...] | None:
+    try:
+        from keras_ehrnet.data.coco import infer_flip_index
+    except ImportError:  # pragma: no cover
+        return None
+    return tuple(infer_flip_index(names))
+
+
+def evaluate_coco(
+    model_or_runner_or_predictor: Any,
+    ann_file: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    *,
+    input_size: int | None = None,
+    flip: bool = True,
+    scales: Sequence[float] = (1.0,),
+    image_ids: Sequence[int] | None = None,
+    results_path: str | os.PathLike | None = None,
+    progress: bool = True,
+    decode_config: DecodeConfig | None = None,
+    flip_index: Sequence[int] | None = None,
+    oks_sigmas: Sequence[float] | None = None,
+    max_images: int | None = None,
+    verbose: bool = True,
+    **decode_options: Any,
+) -> dict:
+    """COCO keypoint AP of a model, runtime artefact, Predictor or Oracle on an annotated image folder.
+
+    Every image of `ann_file` (or `image_ids`, or the first `max_images`) is predicted
+    with the given test settings (for a `Predictor`, its own settings are used); the
+    results are written to `results_path` when given and scored with pycocotools.
+    Images that cannot be read are skipped, logged and counted. Returns the summary:
+    COCO_STAT_NAMES, "images" evaluated, "skipped", "people" detected and
+    "decode_ms_median"/"decode_ms_max" (everything after the network, per image).
+    Extra keyword arguments set `DecodeConfig` fields (e.g. refine=False).
+    """
+    from keras_ehrnet.oracle import Oracle, oracle_scale_outputs, person_keypoints
+    from keras_ehrnet.predictor import ImageReadError, Predictor, read_image
+    from keras_ehrnet.transforms import make_test_plan
+
+    coco = load_coco(ann_file)
+    category = keypoint_category(coco)
+    names = category["keypoints"]
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir}")
+    ids = list(image_ids) if image_ids is not None else list(coco.getImgIds())
+    unknown = [i for i in ids if i not in coco.imgs]
+    if unknown:
+        raise ValueError(f"image ids not in {ann_file}: {unknown[:10]}")
+    if max_images is not None:
+        ids = ids[:max_images]
+    if flip_index is None and len(names) != 17:
+        flip_index = _flip_index_from_names(names)
+
+    oracle = model_or_runner_or_predictor if isinstance(model_or_runner_or_predictor, Oracle) else None
+    if oracle is not None:
+        config = decode_config or DecodeConfig()
+        changes = dict(decode_options)
+        if flip_index is not None:
+            changes["flip_index"] = tuple(flip_index)
+        config = dataclasses.replace(config, **changes)
+        input_size = int(input_size or 512)
+        scales = tuple(sorted((float(s) for s in scales), reverse=True))
+        name = oracle.name
+        fi = config.flip_index_for(len(names)) if flip else None
+    elif isinstance(model_or_runner_or_predictor, Predictor):
+        predictor = model_or_runner_or_predictor
+        name = predictor.name
+    else:
+        predictor = Predictor(
+            model_or_runner_or_predictor,
+            input_size=input_size,
+            flip=flip,
+            scales=scales,
+            flip_index=flip_index,
+            decode_config=decode_config,
+            **decode_options,
+        )
+        name = predictor.name
+
+    results: list[dict] = []
+    evaluated: list[int] = []
+    skipped: list[dict] = []
+    decode_ms: list[float] = []
+    bar = tqdm(ids, desc=f"COCO eval ({name})", unit="img", disable=not progress)
+    for image_id in bar:
+        info = coco.imgs[image_id]
+        path = image_dir / info["file_name"]
+        if oracle is not None:
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=None))
+            plan = make_test_plan((int(info["height"]), int(info["width"])), input_size, scales)
+            kp = person_keypoints(anns, len(names))
+            outputs = oracle_scale_outputs(
+                kp, plan, flip=flip, flip_index=fi, sigma=oracle.sigma, tag_per_joint=oracle.tag_per_joint
+            )
+            t = time.perf_counter()
+            result = decode_outputs(outputs, plan, config)
+            decode_ms.append((time.perf_counter() - t) * 1000)
+        else:
+            try:
+                image = read_image(path, ignore_orientation=True)
+            except ImageReadError as err:
+                log.warning("skipped image id %s: %s", image_id, err)
+                skipped.append({"image_id": int(image_id), "file": str(path), "reason": str(err)})
+                continue
+            timings: dict[str, float] = {}
+            result = predictor.predict_result(image, timings)
+            decode_ms.append(timings["decode"] * 1000)
+        evaluated.append(int(image_id))
+        results.extend(coco_results(image_id, result, category["id"]))
+        bar.set_postfix(people=len(results))
+    if skipped:
+        print(f"{len(skipped)} image(s) skipped:")
+        for s in skipped:
+            print(f"  {s['file']}: {s['reason']}")
+    if results_path is not None:
+        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(results_path).write_text(json.dumps(results))
+    if evaluated:
+        stats = coco_summary(coco, results, evaluated, oks_sigmas=oks_sigmas, verbose=verbose)
+    else:
+        log.warning("no image could be evaluated")
+        stats = {n: 0.0 for n in COCO_STAT_NAMES}
+    summary = dict(stats)
+    summary.update(
+        {
+            "images": len(evaluated),
+            "skipped": len(skipped),
+            "people": len(results),
+            "decode_ms_median": float(np.median(decode_ms)) if decode_ms else 0.0,
+            "decode_ms_max": float(np.max(decode_ms)) if decode_ms else 0.0,
+            "model": name,
+        }
+    )
+    return summary

@@ -1,0 +1,124 @@
+"""COCO evaluation: the ground-truth oracle's AP, results format, empty results, unreadable images."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import SHARED
+
+from keras_ehrnet.evaluate import COCO_STAT_NAMES, coco_summary, evaluate_coco, load_coco
+from keras_ehrnet.oracle import Oracle
+
+COCO_MINI = SHARED / "data" / "coco-mini"
+ANN = COCO_MINI / "annotations" / "person_keypoints_train2017.json"
+IMAGES = COCO_MINI / "train2017"
+
+
+@pytest.fixture(scope="module")
+def coco_mini():
+    if not ANN.is_file():
+        pytest.skip(f"coco-mini not found at {COCO_MINI}")
+    return ANN, IMAGES
+
+
+class ZeroRunner:
+    """A network that never sees anyone."""
+
+    name = "zeros"
+    num_joints = 17
+    fixed_input_size = None
+
+    def __call__(self, images):
+        b, h, w, _ = images.shape
+        return np.zeros((b, h // 4, w // 4, 34), np.float32), np.zeros((b, h // 2, w // 2, 17), np.float32)
+
+
+def test_oracle_reaches_high_ap_on_coco_mini(coco_mini, tmp_path):
+    ann, images = coco_mini
+    results = tmp_path / "results.json"
+    summary = evaluate_coco(
+        Oracle(), ann, images, input_size=512, flip=True, results_path=results, progress=False
+    )
+    assert summary["AP"] >= 0.9, summary
+    assert summary["images"] == 80 and summary["skipped"] == 0
+    assert set(COCO_STAT_NAMES) <= set(summary)
+    assert 0 < summary["decode_ms_median"] <= summary["decode_ms_max"]
+    written = json.loads(results.read_text())
+    assert len(written) == summary["people"] > 80
+    assert all(len(r["keypoints"]) == 51 and r["category_id"] == 1 for r in written)
+
+
+def test_ground_truth_as_results_scores_one(coco_mini):
+    ann, _ = coco_mini
+    coco = load_coco(ann)
+    results = [
+        {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+        for a in coco.dataset["annotations"]
+        if a["num_keypoints"] > 0 and not a["iscrowd"]
+    ]
+    stats = coco_summary(coco, results, verbose=False)
+    assert stats["AP"] == pytest.approx(1.0)
+    stats = coco_summary(coco, results[: len(results) // 2], verbose=False)
+    assert 0.2 < stats["AR"] < 0.8
+
+
+def test_no_detection_gives_zero_ap(coco_mini, capsys):
+    ann, images = coco_mini
+    summary = evaluate_coco(ZeroRunner(), ann, images, input_size=64, max_images=3, progress=False)
+    assert summary["AP"] == 0.0 and summary["AR"] == 0.0
+    assert summary["people"] == 0 and summary["images"] == 3
+    assert "No detections" in capsys.readouterr().out
+    assert coco_summary(load_coco(ann), [], verbose=False) == {name: 0.0 for name in COCO_STAT_NAMES}
+
+
+def test_unreadable_images_are_skipped_and_named(coco_mini, tmp_path, capsys):
+    ann, images = coco_mini
+    data = json.loads(ann.read_text())
+    keep = data["images"][:3]
+    for info in keep:
+        shutil.copy(images / info["file_name"], tmp_path / info["file_name"])
+    (tmp_path / keep[1]["file_name"]).write_bytes(b"\xff\xd8 not a jpeg")
+    (tmp_path / keep[2]["file_name"]).unlink()
+    ids = {i["id"] for i in keep}
+    small = dict(data, images=keep, annotations=[a for a in data["annotations"] if a["image_id"] in ids])
+    small_ann = tmp_path / "ann.json"
+    small_ann.write_text(json.dumps(small))
+    summary = evaluate_coco(ZeroRunner(), small_ann, tmp_path, input_size=64, progress=False)
+    assert summary["images"] == 1 and summary["skipped"] == 2
+    out = capsys.readouterr().out
+    assert keep[1]["file_name"] in out and keep[2]["file_name"] in out
+
+
+def test_bad_annotation_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.json"):
+        evaluate_coco(ZeroRunner(), tmp_path / "nothing.json", tmp_path)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        evaluate_coco(ZeroRunner(), broken, tmp_path)
+
+
+def test_coco_program_with_the_oracle(coco_mini, tmp_path):
+    from evaluation.coco import main
+
+    ann, images = coco_mini
+    summary_path, results_path = tmp_path / "summary.json", tmp_path / "results.json"
+    argv = ["--oracle", "--ann", str(ann), "--images", str(images), "--input-size", "256", "--no-flip"]
+    argv += ["--max-images", "20", "--json", str(summary_path), "--out", str(results_path), "--quiet"]
+    assert main(argv) == 0
+    summary = json.loads(summary_path.read_text())
+    assert set(COCO_STAT_NAMES) | {"images", "decode_ms_median", "decode_ms_max"} <= set(summary)
+    assert summary["images"] == 20 and summary["AP"] > 0.5
+    assert json.loads(results_path.read_text())
+    assert main(["--model", str(tmp_path / "none.onnx"), "--ann", str(ann), "--images", str(images)]) == 2
+
+
+def test_evaluate_an_in_memory_keras_model(coco_mini):
+    import keras_ehrnet
+
+    ann, images = coco_mini
+    model = keras_ehrnet.build_model("H-4")
+    summary = evaluate_coco(model, ann, images, input_size=64, max_images=2, progress=False, verbose=False)
+    assert summary["images"] == 2 and summary["model"] == "keras"
+    assert 0 <= summary["AP"] <= 1 and summary["decode_ms_max"] > 0

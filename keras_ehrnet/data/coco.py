@@ -1,0 +1,409 @@
+"""COCO-format keypoint datasets: annotations, flip pairs, ignore regions and image decoding.
+
+Any COCO-style `person_keypoints`-like file works (COCO's 17 joints, CrowdPose's 14, animal
+sets …): the keypoint names and skeleton come from the category, the left/right flip pairs are
+inferred from the names or given explicitly. Every error names the annotation file, the image
+id or the annotation id, so a bad record in a 100 k-image file can be found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from tqdm import tqdm
+
+log = logging.getLogger("keras_ehrnet.data")
+
+# Show a progress bar for the annotation pass only when it is long enough to notice.
+_PROGRESS_MIN_IMAGES = 5000
+
+
+class DatasetError(ValueError):
+    """A dataset record (annotation file, image or annotation) that cannot give correct targets."""
+
+
+class ImageError(DatasetError):
+    """An image file that is missing, cannot be decoded, is truncated or has the wrong size."""
+
+
+@dataclass
+class SkipLog:
+    """Thread-safe record of samples left out with `skip_invalid=True`, reported at the end.
+
+    Each entry is `(image_id, path, reason)`; `report()` gives a readable summary.
+    """
+
+    entries: list[tuple[int, str, str]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, image_id: int, path: str, reason: str) -> None:
+        """Record one skipped sample and log it at once."""
+        with self._lock:
+            self.entries.append((int(image_id), str(path), reason))
+        log.warning("skipped image id %s (%s): %s", image_id, path, reason)
+
+    @property
+    def count(self) -> int:
+        """How many samples were skipped so far."""
+        return len(self.entries)
+
+    def report(self) -> str:
+        """One line per skipped sample, headed by the count."""
+        with self._lock:
+            lines = [f"{len(self.entries)} sample(s) skipped as invalid:"]
+            lines += [f"  image id {i} ({p}): {r}" for i, p, r in self.entries]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image and the annotations that shape its training targets.
+
+    `keypoints` holds one row per person used for targets, as the reference chooses them
+    (non-crowd people, and crowd regions that carry keypoints): float32 [N, J, 3] with
+    (x, y, visibility) in source-image pixels. `ignore_rle` is the union of the crowd regions
+    and of the people without keypoints (compressed RLE), or None when there are none.
+    """
+
+    image_id: int
+    path: str
+    width: int
+    height: int
+    keypoints: np.ndarray
+    ann_ids: tuple[int, ...]
+    ignore_rle: dict | None = None
+
+    @property
+    def num_people(self) -> int:
+        """People with at least one labelled keypoint."""
+        return int(np.count_nonzero((self.keypoints[..., 2] > 0).any(axis=-1)))
+
+    def ignore_mask(self) -> np.ndarray | None:
+        """uint8 [height, width], 1 where the loss must ignore the network, or None if nowhere."""
+        if self.ignore_rle is None:
+            return None
+        return mask_utils.decode(self.ignore_rle)
+
+
+_SIDE_TOKEN = re.compile(r"(?<![a-z])(left|right|l|r)(?![a-z])")
+_SWAP = {"left": "right", "right": "left", "l": "r", "r": "l"}
+
+
+def infer_flip_index(names: Sequence[str]) -> list[int]:
+    """Left/right permutation of the keypoints from their names.
+
+    Sides are whole tokens: `left_eye`/`right_eye`, `eye_l`/`eye_r`, `L_knee`/`R_knee`.
+    Keypoints without a side map to themselves. A name that mentions a side without a
+    partner raises, since guessing would silently train mirrored joints.
+    """
+    lowered = [n.lower() for n in names]
+    position = {n: i for i, n in enumerate(lowered)}
+    if len(position) != len(names):
+        raise DatasetError(f"keypoint names are not unique: {list(names)}")
+    index = []
+    for i, name in enumerate(lowered):
+        partner = _SIDE_TOKEN.sub(lambda m: _SWAP[m.group(1)], name)
+        if partner != name:
+            if partner not in position:
+                raise DatasetError(
+                    f"keypoint {names[i]!r} names a side but {partner!r} is not a keypoint; "
+                    "pass flip_pairs explicitly"
+                )
+            index.append(position[partner])
+        elif "left" in name or "right" in name:
+            raise DatasetError(
+                f"cannot tell the side of keypoint {names[i]!r} from its name; pass flip_pairs explicitly"
+            )
+        else:
+            index.append(i)
+    return index
+
+
+def flip_index_from_pairs(pairs: Sequence[Sequence[int | str]], names: Sequence[str]) -> list[int]:
+    """Permutation of length J from left/right pairs given as 0-based indices or keypoint names."""
+    j = len(names)
+    lookup = {n: i for i, n in enumerate(names)}
+    index = list(range(j))
+    seen: set[int] = set()
+    for pair in pairs:
+        if len(pair) != 2:
+            raise DatasetError(f"flip pair {pair!r} must have two entries")
+        a, b = (lookup[p] if isinstance(p, str) and p in lookup else p for p in pair)
+        for k in (a, b):
+            if not isinstance(k, (int, np.integer)) or not 0 <= k < j:
+                raise DatasetError(f"flip pair {pair!r}: {k!r} is not a keypoint (names: {list(names)})")
+            if k in seen:
+                raise DatasetError(f"flip pair {pair!r}: keypoint {k} appears in more than one pair")
+            seen.add(int(k))
+        index[a], index[b] = int(b), int(a)
+    return index
+
+
+def _load_json(ann_file: Path) -> dict:
+    try:
+        with open(ann_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"annotation file not found: {ann_file}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{ann_file}: not a valid JSON annotation file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"{ann_file}: not a COCO annotation file (no 'images' list)")
+    for key in ("annotations", "categories"):
+        if not isinstance(data.setdefault(key, []), list):
+            raise DatasetError(f"{ann_file}: '{key}' must be a list")
+    return data
+
+
+def _segmentation_rle(ann: dict, height: int, width: int, where: str) -> dict:
+    """Compressed RLE of an annotation's region: polygons, RLE (either form) or, lacking both, its box."""
+    seg = ann.get("segmentation")
+    try:
+        if isinstance(seg, dict):
+            size = list(seg.get("size", []))
+            if size != [height, width]:
+                raise DatasetError(f"{where}: RLE size {size} differs from the image's {[height, width]}")
+            counts = seg.get("counts")
+            if isinstance(counts, list):
+                return mask_utils.frPyObjects(seg, height, width)
+            if isinstance(counts, str):
+                return {"size": size, "counts": counts.encode("ascii")}
+            if isinstance(counts, bytes):
+                return {"size": size, "counts": counts}
+            raise DatasetError(f"{where}: RLE 'counts' must be a list or a string")
+        polygons = [p for p in seg or [] if isinstance(p, list) and len(p) >= 6]
+        if not polygons:
+            box = ann.get("bbox")
+            if not box or len(box) != 4:
+                raise DatasetError(f"{where}: region needs a segmentation or a bbox")
+            x, y, w, h = (float(v) for v in box)
+            polygons = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    except DatasetError:
+        raise
+    except Exception as e:  # pycocotools raises bare TypeError/ValueError on malformed input
+        raise DatasetError(f"{where}: malformed segmentation ({e})") from None
+
+
+class CocoKeypoints:
+    """A COCO-format keypoint dataset read through pycocotools.
+
+    Args:
+        ann_file: the annotation JSON.
+        image_dir: folder holding the images' `file_name`s.
+        flip_pairs: left/right pairs (0-based indices or names); inferred from names if None.
+        category_id: the keypoint category to read; all keypoint categories sharing one
+            keypoint list are read together if None (e.g. one category per animal species).
+        num_joints: if given, the number of keypoints the caller expects (checked).
+        require_annotations: keep only images with at least one annotation of the category,
+            crowd regions included, as the reference does for training.
+        skip_invalid: leave out images with invalid annotations or missing files (recorded
+            in `skip_log`) instead of raising.
+        skip_log: where skipped images are recorded (a new one if None).
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        *,
+        flip_pairs: Sequence[Sequence[int | str]] | None = None,
+        category_id: int | None = None,
+        num_joints: int | None = None,
+        require_annotations: bool = True,
+        skip_invalid: bool = False,
+        skip_log: SkipLog | None = None,
+    ) -> None:
+        self.ann_file = Path(ann_file)
+        self.image_dir = Path(image_dir)
+        self.skip_log = skip_log if skip_log is not None else SkipLog()
+        data = _load_json(self.ann_file)
+        self.coco = COCO()
+        self.coco.dataset = data
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            try:
+                self.coco.createIndex()
+            except (KeyError, TypeError) as e:
+                raise DatasetError(f"{self.ann_file}: malformed COCO record ({e!r})") from None
+
+        cats = self._keypoint_categories(category_id)
+        self.category_ids = [c["id"] for c in cats]
+        self.keypoint_names: list[str] = [str(n) for n in cats[0]["keypoints"]]
+        self.num_joints = len(self.keypoint_names)
+        if num_joints is not None and num_joints != self.num_joints:
+            raise DatasetError(
+                f"{self.ann_file}: the category has {self.num_joints} keypoints, expected {num_joints}"
+            )
+        self.skeleton = self._skeleton(cats[0])
+        if flip_pairs is None:
+            self.flip_index = infer_flip_index(self.keypoint_names)
+        else:
+            self.flip_index = flip_index_from_pairs(flip_pairs, self.keypoint_names)
+        self.records: list[ImageRecord] = self._read_records(require_annotations, skip_invalid)
+        self.image_ids = [r.image_id for r in self.records]
+
+    @property
+    def flip_pairs(self) -> list[tuple[int, int]]:
+        """The left/right pairs (a < b) that `flip_index` swaps."""
+        return [(i, k) for i, k in enumerate(self.flip_index) if i < k]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> ImageRecord:
+        return self.records[index]
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.records)
+
+    def annotations(self, image_id: int) -> list[dict]:
+        """The raw COCO annotations of one image (all categories read)."""
+        ann_ids = self.coco.getAnnIds(imgIds=[image_id], catIds=self.category_ids, iscrowd=None)
+        return self.coco.loadAnns(ann_ids)
+
+    def _keypoint_categories(self, category_id: int | None) -> list[dict]:
+        cats = [c for c in self.coco.dataset["categories"] if c.get("keypoints")]
+        if category_id is not None:
+            cats = [c for c in cats if c.get("id") == category_id]
+            if not cats:
+                raise DatasetError(f"{self.ann_file}: no keypoint category with id {category_id}")
+        if not cats:
+            raise DatasetError(f"{self.ann_file}: no category with a 'keypoints' list")
+        names = [list(c["keypoints"]) for c in cats]
+        if any(n != names[0] for n in names):
+            ids = [c.get("id") for c in cats]
+            raise DatasetError(
+                f"{self.ann_file}: keypoint categories {ids} have different keypoint lists; pass category_id"
+            )
+        return cats
+
+    def _skeleton(self, cat: dict) -> list[tuple[int, int]]:
+        pairs = []
+        for link in cat.get("skeleton") or []:
+            a, b = (int(v) - 1 for v in link)  # COCO skeletons are 1-based
+            if not (0 <= a < self.num_joints and 0 <= b < self.num_joints):
+                raise DatasetError(f"{self.ann_file}: skeleton link {link} names no keypoint")
+            pairs.append((a, b))
+        return pairs
+
+    def _read_records(self, require_annotations: bool, skip_invalid: bool) -> list[ImageRecord]:
+        records = []
+        images = self.coco.dataset["images"]
+        bar = tqdm(images, desc="annotations", unit="img", disable=len(images) < _PROGRESS_MIN_IMAGES)
+        for info in bar:
+            try:
+                record = self._record(info)
+            except DatasetError as e:
+                if not skip_invalid:
+                    raise
+                self.skip_log.add(
+                    info.get("id", -1), str(self.image_dir / str(info.get("file_name"))), str(e)
+                )
+                continue
+            if record is None or (require_annotations and not record.ann_ids):
+                continue
+            if not os.path.isfile(record.path):
+                message = f"image file not found: {record.path} (image id {record.image_id})"
+                if not skip_invalid:
+                    raise FileNotFoundError(message)
+                self.skip_log.add(record.image_id, record.path, "image file not found")
+                continue
+            records.append(record)
+        if self.skip_log.count:
+            log.warning("%s: %s", self.ann_file, self.skip_log.report())
+        return records
+
+    def _record(self, info: dict) -> ImageRecord | None:
+        image_id = info.get("id")
+        where = f"{self.ann_file}: image id {image_id}"
+        try:
+            width, height = int(info["width"]), int(info["height"])
+            file_name = str(info["file_name"])
+        except (KeyError, TypeError, ValueError):
+            raise DatasetError(f"{where}: needs 'file_name', 'width' and 'height'") from None
+        if width <= 0 or height <= 0:
+            raise DatasetError(f"{where}: bad size {width}x{height}")
+        anns = self.annotations(image_id)
+        j = self.num_joints
+        people, ignore = [], []
+        for ann in anns:
+            ann_where = f"{self.ann_file}: annotation id {ann.get('id')} (image id {image_id})"
+            raw = ann.get("keypoints")
+            if raw is None:
+                raw = [0] * (3 * j)
+            if not isinstance(raw, list) or len(raw) != 3 * j:
+                n = len(raw) if isinstance(raw, list) else type(raw).__name__
+                raise DatasetError(f"{ann_where}: {n} keypoint values, expected {3 * j} ({j} keypoints x 3)")
+            try:
+                kp = np.asarray(raw, dtype=np.float32).reshape(j, 3)
+            except (TypeError, ValueError):
+                raise DatasetError(f"{ann_where}: keypoints are not numbers") from None
+            if not np.isfinite(kp).all() or (kp[:, 2] < 0).any():
+                raise DatasetError(f"{ann_where}: keypoints must be finite with visibility >= 0")
+            labelled = int(np.count_nonzero(kp[:, 2] > 0))
+            crowd = bool(ann.get("iscrowd", 0))
+            if crowd or labelled == 0:
+                ignore.append(_segmentation_rle(ann, height, width, ann_where))
+            if not crowd or labelled > 0:
+                people.append(kp)
+        keypoints = np.stack(people) if people else np.zeros((0, j, 3), np.float32)
+        ignore_rle = None
+        if ignore:
+            ignore_rle = mask_utils.merge(ignore) if len(ignore) > 1 else ignore[0]
+        return ImageRecord(
+            image_id=int(image_id),
+            path=str(self.image_dir / file_name),
+            width=width,
+            height=height,
+            keypoints=keypoints,
+            ann_ids=tuple(int(a.get("id", -1)) for a in anns),
+            ignore_rle=ignore_rle,
+        )
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """True if the JPEG's last scan is closed by an end-of-image marker.
+
+    Entropy-coded data never holds 0xFFD9 (0xFF bytes are stuffed), so a file cut short has
+    no end-of-image marker after its last start-of-scan marker.
+    """
+    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
+
+
+def load_image(record: ImageRecord) -> np.ndarray:
+    """Decode an image as RGB uint8 [height, width, 3], as the annotations see it.
+
+    Grayscale and RGBA files become RGB; EXIF orientation is ignored, as COCO annotates the
+    stored pixels. Raises ImageError naming the file for missing, undecodable, truncated or
+    wrongly sized images.
+    """
+    where = f"{record.path} (image id {record.image_id})"
+    try:
+        with open(record.path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageError(f"cannot read image {where}: {e.strerror or e}") from None
+    if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
+        raise ImageError(f"truncated JPEG {where}")
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
+    flags = (cv2.IMREAD_COLOR if rgb is None else rgb) | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise ImageError(f"cannot decode image {where}: not a readable image file")
+    if image.shape[:2] != (record.height, record.width):
+        h, w = image.shape[:2]
+        raise ImageError(f"image {where} is {w}x{h} but its annotation says {record.width}x{record.height}")
+    return image if rgb is not None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)

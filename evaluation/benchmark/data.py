@@ -1,0 +1,62 @@
+"""`python -m evaluation.benchmark data`: images per second through the training data pipeline.
+
+    python -m evaluation.benchmark data --ann A --images D --input-size 512 --batch-size 8 \
+        --batches 30 [--reference /tmp/ref_ehrnet] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from keras_ehrnet.data.benchmark import Throughput, available_cores, measure_pipeline, measure_reference
+
+
+def _print(t: Throughput) -> None:
+    print(
+        f"{t.name:<28} {t.images_per_second:8.1f} img/s  ({t.batches} batches of {t.batch_size} "
+        f"in {t.seconds:.2f} s, {t.workers} worker(s) on {t.cores} core(s): {t.per_core:.1f} img/s per core)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.benchmark data", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--ann", required=True, help="COCO-format keypoint annotation JSON")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--input-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batches", type=int, default=30, help="timed batches (after 3 warm-up batches)")
+    p.add_argument(
+        "--reference", help="checkout of the authors' code; timed with a torch DataLoader if given"
+    )
+    p.add_argument("--workers", type=int, default=2, help="reference DataLoader workers")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+
+    common = dict(input_size=args.input_size, batch_size=args.batch_size, batches=args.batches)
+    print(f"R = {args.input_size}, batch {args.batch_size}, {available_cores()} CPU core(s) available")
+    results: dict = {"input_size": args.input_size, "cores": available_cores()}
+    reference = None
+    if args.reference:
+        # First: the DataLoader forks, which is safest before TensorFlow starts its threads.
+        reference = measure_reference(args.reference, args.ann, args.images, workers=args.workers, **common)
+    else:
+        reference = "skipped: no --reference given"
+    ours = measure_pipeline(args.ann, args.images, **common)
+    _print(ours)
+    results["ours"] = ours.as_dict()
+    if isinstance(reference, Throughput):
+        _print(reference)
+        ratio = ours.images_per_second / reference.images_per_second
+        print(f"ours / reference = {ratio:.2f}x")
+        results["reference"] = reference.as_dict()
+        results["ratio"] = ratio
+    else:
+        print(f"reference: {reference}")
+        results["reference"] = reference
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0

@@ -23,11 +23,17 @@ from keras_ehrnet.data.pipeline import make_dataset
 
 @dataclass
 class Throughput:
-    """A measured rate: images per second over `batches` timed batches of `batch_size`."""
+    """A measured rate over `batches` timed batches of `batch_size`.
+
+    `cpu_seconds` is the CPU time spent meanwhile by this process's threads and its child
+    processes (DataLoader workers): on a shared machine it measures the work per image even
+    when other jobs take part of the cores.
+    """
 
     name: str
     images_per_second: float
     seconds: float
+    cpu_seconds: float
     batches: int
     batch_size: int
     workers: int
@@ -35,12 +41,27 @@ class Throughput:
 
     @property
     def per_core(self) -> float:
-        """Images per second per CPU core the process may use."""
+        """Wall-clock images per second divided by the cores the process may use."""
         return self.images_per_second / max(self.cores, 1)
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        """CPU milliseconds per image (all threads and worker processes)."""
+        return 1000.0 * self.cpu_seconds / (self.batches * self.batch_size)
+
+    @property
+    def per_busy_core(self) -> float:
+        """Images per second one fully available core sustains (1000 / cpu_ms_per_image)."""
+        return 1000.0 / self.cpu_ms_per_image if self.cpu_seconds > 0 else float("nan")
 
     def as_dict(self) -> dict:
         """Plain dict for JSON output."""
-        return {**asdict(self), "images_per_second_per_core": self.per_core}
+        return {
+            **asdict(self),
+            "images_per_second_per_core": self.per_core,
+            "cpu_ms_per_image": self.cpu_ms_per_image,
+            "images_per_second_per_busy_core": self.per_busy_core,
+        }
 
 
 def available_cores() -> int:
@@ -51,13 +72,29 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _time_batches(iterator, batches: int, warmup: int, desc: str) -> float:
+def _cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus its live child processes (Linux /proc)."""
+    t = os.times()
+    total = t.user + t.system
+    me, tick = os.getpid(), os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        if int(fields[1]) == me:  # fields after the name: state, ppid, …, utime (12), stime (13)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _time_batches(iterator, batches: int, warmup: int, desc: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) for `batches` batches after `warmup` untimed ones."""
     for _ in range(warmup):
         next(iterator)
-    start = time.perf_counter()
+    cpu, start = _cpu_seconds(), time.perf_counter()
     for _ in tqdm(range(batches), desc=desc, unit="batch"):
         next(iterator)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
 def measure_pipeline(
@@ -71,11 +108,10 @@ def measure_pipeline(
 ) -> Throughput:
     """Images per second through make_dataset (decode, augment, targets, batching)."""
     ds = make_dataset(ann_file, image_dir, input_size=input_size, batch_size=batch_size, epochs=None)
-    seconds = _time_batches(iter(ds), batches, warmup, "ours")
+    seconds, cpu = _time_batches(iter(ds), batches, warmup, "ours")
     cores = available_cores()
-    return Throughput(
-        "keras_ehrnet tf.data", batches * batch_size / seconds, seconds, batches, batch_size, cores, cores
-    )
+    rate = batches * batch_size / seconds
+    return Throughput("keras_ehrnet tf.data", rate, seconds, cpu, batches, batch_size, cores, cores)
 
 
 def _torchvision_standins(torch) -> dict[str, types.ModuleType]:
@@ -174,15 +210,20 @@ def measure_reference(
             loader = tud.DataLoader(
                 dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True
             )
-            seconds = _time_batches(iter(loader), batches, warmup, "reference")
+            seconds, cpu = _time_batches(iter(loader), batches, warmup, "reference")
     finally:
         sys.path.remove(str(lib))
         for name in added:
             sys.modules.pop(name, None)
+        # Forget the reference's top-level packages (config, dataset, utils): common names.
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", "") or "").startswith(str(lib)):
+                del sys.modules[name]
     return Throughput(
         "reference torch DataLoader",
         batches * batch_size / seconds,
         seconds,
+        cpu,
         batches,
         batch_size,
         workers,

@@ -336,13 +336,19 @@ def test_skip_invalid_skips_counts_and_reports_at_the_end(tmp_path, caplog):
     (images / "000002.jpg").write_bytes(data[:-300])
     log = SkipLog()
     with caplog.at_level(logging.WARNING, logger="keras_ehrnet.data"):
-        batches = list(
-            make_dataset(
-                ann, images, input_size=64, batch_size=1, training=False, skip_invalid=True, skip_log=log
-            )
+        ds = make_dataset(
+            ann,
+            images,
+            input_size=64,
+            batch_size=1,
+            training=False,
+            skip_invalid=True,
+            skip_log=log,
+            epochs=2,
         )
-    assert len(batches) == 1
-    assert log.count == 2 and {e[0] for e in log.entries} == {2, 3}
+        batches = list(ds)
+    assert len(batches) == 2  # the good image, once per pass
+    assert log.count == 2 and log.events == 4 and {e[0] for e in log.entries} == {2, 3}
     assert "truncated JPEG" in log.report() and "cannot decode" in log.report()
     assert "2 sample(s) skipped" in caplog.text
 

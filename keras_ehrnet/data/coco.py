@@ -43,27 +43,36 @@ class ImageError(DatasetError):
 class SkipLog:
     """Thread-safe record of samples left out with `skip_invalid=True`, reported at the end.
 
-    Each entry is `(image_id, path, reason)`; `report()` gives a readable summary.
+    `entries` holds one `(image_id, path, reason)` per bad image, however many passes skip it
+    (`events` counts every skip); `report()` gives a readable summary.
     """
 
     entries: list[tuple[int, str, str]] = field(default_factory=list)
+    events: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def add(self, image_id: int, path: str, reason: str) -> None:
-        """Record one skipped sample and log it at once."""
+    def add(self, image_id: int | None, path: str, reason: str) -> None:
+        """Record one skip; the first skip of an image is logged at once."""
+        try:
+            image_id = int(image_id)
+        except (TypeError, ValueError):
+            image_id = -1
         with self._lock:
-            self.entries.append((int(image_id), str(path), reason))
+            self.events += 1
+            if any(e[0] == image_id and e[1] == str(path) for e in self.entries):
+                return
+            self.entries.append((image_id, str(path), reason))
         log.warning("skipped image id %s (%s): %s", image_id, path, reason)
 
     @property
     def count(self) -> int:
-        """How many samples were skipped so far."""
+        """How many distinct images were skipped so far."""
         return len(self.entries)
 
     def report(self) -> str:
-        """One line per skipped sample, headed by the count."""
+        """One line per skipped image, headed by the count."""
         with self._lock:
-            lines = [f"{len(self.entries)} sample(s) skipped as invalid:"]
+            lines = [f"{len(self.entries)} sample(s) skipped as invalid ({self.events} skip(s) in all):"]
             lines += [f"  image id {i} ({p}): {r}" for i, p, r in self.entries]
         return "\n".join(lines)
 

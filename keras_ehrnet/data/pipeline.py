@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -322,7 +322,7 @@ def make_dataset(
     batch_size: int,
     training: bool = True,
     augment: AugmentConfig | None = None,
-    flip_pairs: Any = None,
+    flip_pairs: Sequence[Sequence[int | str]] | None = None,
     num_joints: int | None = None,
     shuffle: bool | None = None,
     seed: int | None = None,
@@ -339,7 +339,7 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     strategy: tf.distribute.Strategy | None = None,
     num_parallel_calls: int = AUTOTUNE,
-) -> tf.data.Dataset:
+) -> tf.data.Dataset | tf.distribute.DistributedDataset:
     """A tf.data pipeline of `(images, targets)` batches from a COCO-format keypoint dataset.
 
     images: float32 [B, R, R, 3], RGB 0..255. targets: "heatmaps_quarter" [B, R/4, R/4, J],

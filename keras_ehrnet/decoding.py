@@ -410,16 +410,17 @@ def aggregate_outputs(
 
 
 def find_peaks(
-    heatmaps: np.ndarray, config: DecodeConfig = DecodeConfig()
+    heatmaps: np.ndarray, config: DecodeConfig = DecodeConfig(), above: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Step 4: max-pool NMS and the top `max_people` peaks per joint above the detection threshold.
 
     Returns (joint, y, x, value) of the peaks, grouped by joint, best first within a joint
-    (ties: raster order).
+    (ties: raster order). `above`: flat indices of the values above the detection threshold
+    when already known.
     """
     big_h, big_w, num_joints = heatmaps.shape
     flat = heatmaps.reshape(-1)
-    idx = np.flatnonzero(flat > config.detection_threshold)
+    idx = np.flatnonzero(flat > config.detection_threshold) if above is None else above
     k = config.nms_kernel
     if idx.size:
         pooled = cv2.dilate(heatmaps, np.ones((k, k), np.uint8)).reshape(heatmaps.shape)
@@ -550,11 +551,13 @@ def adjust_keypoints(keypoints: np.ndarray, heatmaps: np.ndarray) -> np.ndarray:
     return keypoints
 
 
-def _pixels_by_joint(heatmaps: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Flat [H·W·J] indices of values above `floor`, grouped by joint (raster order within a joint),
-    and where each joint's group starts."""
+def _pixels_by_joint(
+    heatmaps: np.ndarray, floor: float, above: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flat [H·W·J] indices of values above `floor` (or `above`, when already known), grouped by
+    joint (raster order within a joint), and where each joint's group starts."""
     num_joints = heatmaps.shape[-1]
-    idx = np.flatnonzero(heatmaps.reshape(-1) > floor)
+    idx = np.flatnonzero(heatmaps.reshape(-1) > floor) if above is None else above
     joint = (idx % num_joints).astype(np.uint8 if num_joints < 256 else np.uint16)
     order = np.argsort(joint, kind="stable")  # radix sort on small integers
     idx = idx[order]
@@ -568,6 +571,7 @@ def refine_keypoints(
     maps: AggregatedMaps,
     config: DecodeConfig = DecodeConfig(),
     chunk: int = 1 << 15,
+    above: np.ndarray | None = None,
 ) -> np.ndarray:
     """Step 7: fill each person's missing joints at argmax(value − round(‖tag − mean tag‖)).
 
@@ -590,7 +594,7 @@ def refine_keypoints(
         return keypoints
     flat = heatmaps.reshape(-1)
     if exclusive:
-        idx, starts = _pixels_by_joint(heatmaps, config.refine_threshold)
+        idx, starts = _pixels_by_joint(heatmaps, config.refine_threshold, above)
     means = person_tags.astype(np.float32)
     for j in range(num_joints):
         need = np.flatnonzero(missing[:, j])
@@ -653,7 +657,18 @@ def decode_maps(
     timer = _Timer(timings)
     heatmaps = maps.heatmaps
     num_joints = heatmaps.shape[-1]
-    joint, ys, xs, vals = find_peaks(heatmaps, config)
+    # one pass over the map finds the pixels both the NMS and the refinement look at
+    flat = heatmaps.reshape(-1)
+    refine_above = None
+    exclusive = config.refine and config.refine_mode == "exclusive"
+    if exclusive and config.refine_threshold < config.detection_threshold:
+        refine_above = np.flatnonzero(flat > config.refine_threshold)
+        peaks_above = refine_above[flat[refine_above] > config.detection_threshold]
+    else:
+        peaks_above = np.flatnonzero(flat > config.detection_threshold)
+        if exclusive and config.refine_threshold == config.detection_threshold:
+            refine_above = peaks_above
+    joint, ys, xs, vals = find_peaks(heatmaps, config, peaks_above)
     timer.lap("nms")
     tags = maps.tags_at(ys, xs, joint)
     keypoints, _, person_tags = group_peaks(joint, ys, xs, vals, tags, num_joints, config)
@@ -662,7 +677,7 @@ def decode_maps(
         keypoints = adjust_keypoints(keypoints, heatmaps)
     scores = keypoints[:, :, 2].mean(axis=1) if len(keypoints) else np.zeros(0)
     if config.refine:
-        keypoints = refine_keypoints(keypoints, person_tags, maps, config)
+        keypoints = refine_keypoints(keypoints, person_tags, maps, config, above=refine_above)
     timer.lap("refine")
     found = keypoints[:, :, 2] > 0
     if plan is not None:

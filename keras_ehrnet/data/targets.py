@@ -19,8 +19,11 @@ def _radius(sigma: float) -> int:
 
 
 def gaussian_heatmaps(keypoints: np.ndarray, height: int, width: int, sigma: float = 2.0) -> np.ndarray:
-    """Render float32 [height, width, J] heatmaps from float [N, J, 3] keypoints (x, y, v)."""
-    kp = np.asarray(keypoints, dtype=np.float32)
+    """Render float32 [height, width, J] heatmaps from float [N, J, 3] keypoints (x, y, v).
+
+    The cells are floored at the caller's precision (float32 input gives the pipeline's maps).
+    """
+    kp = np.asarray(keypoints, dtype=np.float64)
     if kp.ndim != 3 or kp.shape[-1] != 3:
         raise ValueError(f"keypoints must be [N, J, 3], got shape {kp.shape}")
     j = kp.shape[1]

@@ -388,9 +388,8 @@ def aggregate_outputs(
             if flip_index is None:
                 flip_index = np.asarray(config.flip_index_for(num_joints))
             channels = out.quarter.shape[-1]
-            perm = np.concatenate(
-                [flip_index, num_joints + (flip_index if channels == 2 * num_joints else [0])]
-            )
+            tag_perm = flip_index if channels == 2 * num_joints else np.zeros(1, np.int64)
+            perm = np.concatenate([flip_index, num_joints + tag_perm])
             back = _mirror_relabel(out.quarter_flip, perm)
             quarter_hm = quarter_hm + back[..., :num_joints]
             half = half + _mirror_relabel(out.half_flip, flip_index)

@@ -162,6 +162,25 @@ def test_flip_test_is_symmetric():
         assert min(np.abs(p[:, :2] - person[:, :2]).max() for p in plain.keypoints) <= 2.5
 
 
+def test_other_joint_sets_and_a_single_tag_channel():
+    # 14 joints (CrowdPose-like pairs) with flip test, and one tag channel shared by all joints
+    flip14 = (1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12, 13)
+    size = (128, 160)
+    kp = np.asarray(
+        [[[30 + 2 * j, 10 + 8 * j, 2] for j in range(14)], [[120 - 3 * j, 12 + 8 * j, 2] for j in range(14)]],
+        np.float64,
+    )
+    for tag_per_joint in (True, False):
+        q, h = oracle_maps(kp, size, tag_per_joint=tag_per_joint)
+        qf, hf = oracle_maps(mirror_keypoints(kp, size[1], flip14), size, tag_per_joint=tag_per_joint)
+        assert q.shape[-1] == (28 if tag_per_joint else 15)
+        order = (13, 12, *range(12))
+        result = decode(q, h, qf, hf, DecodeConfig(flip_index=flip14, joint_order=order))
+        assert len(result) == 2 and result.keypoints.shape[1:] == (14, 3)
+        for person in kp:
+            assert min(np.abs(p[:, :2] - person[:, :2]).max() for p in result.keypoints) <= 2.5
+
+
 def test_flip_needs_flip_pairs_for_other_joint_sets():
     q = np.zeros((8, 8, 8), np.float32)
     h = np.zeros((16, 16, 4), np.float32)

@@ -22,12 +22,15 @@ class SceneRunner:
     name = "scene"
     num_joints = 17
 
-    def __init__(self, keypoints, image_size, input_size, fixed_input_size=None, max_batch=None):
+    def __init__(
+        self, keypoints, image_size, input_size, fixed_input_size=None, max_batch=None, scales=(1.0,)
+    ):
         self.keypoints = np.asarray(keypoints, np.float64)
         self.image_size = image_size
         self.input_size = input_size
         self.fixed_input_size = fixed_input_size
         self.max_batch = max_batch
+        self.scales = scales
         self.calls = []
         self.last = None
 
@@ -36,11 +39,13 @@ class SceneRunner:
         self.calls.append(images.shape)
         if self.max_batch and len(images) > self.max_batch:
             raise ValueError("this artefact takes one image at a time")
-        plan = make_test_plan(self.image_size, self.input_size, fixed_input_size=self.fixed_input_size)
+        plan = make_test_plan(
+            self.image_size, self.input_size, self.scales, fixed_input_size=self.fixed_input_size
+        )
         h, w = images.shape[1:3]
-        assert (h, w) == plan.base_size
+        (entry,) = [e for e in plan.scales if e.size == (h, w)]
         kp = self.keypoints.copy()
-        kp[..., :2] = apply_affine(kp[..., :2], plan.base_affine)
+        kp[..., :2] = apply_affine(kp[..., :2], entry.affine)
         mirrored = mirror_keypoints(kp, w, COCO_FLIP_INDEX)
         if len(images) == 2:  # flip test: the second image must be the mirrored first one
             np.testing.assert_array_equal(images[1], images[0][:, ::-1])
@@ -84,6 +89,17 @@ def test_predictor_finds_known_people_through_any_runner(fixed, max_batch, flip)
     assert {"preprocess", "network", "decode"} <= set(predictor.last_timings)
     if max_batch:  # an artefact that takes one image at a time is called one image at a time
         assert runner.calls[-1][0] == 1
+
+
+def test_multi_scale_prediction():
+    truth = scene(3, seed=7)
+    scales = (0.5, 1.0, 1.5)
+    runner = SceneRunner(truth, IMAGE_SIZE, 256, scales=scales)
+    predictor = Predictor(runner, input_size=256, scales=scales)
+    people = predictor.predict(np.zeros((*IMAGE_SIZE, 3), np.uint8))
+    sizes = sorted({shape[1:3] for shape in runner.calls})
+    assert sizes == [(128, 192), (256, 384), (384, 576)]  # every scale, short side R·s, 64-aligned
+    assert_found(people, truth, 4 / predictor.plan(IMAGE_SIZE).base_affine[0, 0])
 
 
 def test_multi_scale_on_a_fixed_size_artefact_is_refused():

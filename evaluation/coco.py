@@ -25,8 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--oracle", action="store_true", help="ideal outputs from the ground truth instead of a network"
     )
+    what.add_argument(
+        "--results", type=Path, help="score an existing COCO keypoint results file (no network)"
+    )
     p.add_argument("--ann", type=Path, required=True, help="COCO keypoint annotation file")
-    p.add_argument("--images", type=Path, required=True, help="folder holding the annotated images")
+    p.add_argument(
+        "--images", type=Path, help="folder holding the annotated images (not needed with --results)"
+    )
     p.add_argument("--input-size", type=int, help="short side R of the network input (default: the model's)")
     p.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test (default on)"
@@ -46,8 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from keras_ehrnet.evaluate import evaluate_coco
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from keras_ehrnet.evaluate import evaluate_coco, evaluate_results_file
+
+    if args.results:
+        try:
+            summary = evaluate_results_file(args.ann, args.results)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(f"\nAP {summary['AP']:.4f}  AR {summary['AR']:.4f}  ({summary['people']} detections)")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(summary, indent=1))
+        return 0
+    if args.images is None:
+        parser.error("--images is required unless --results is given")
 
     if args.oracle:
         from keras_ehrnet.oracle import Oracle

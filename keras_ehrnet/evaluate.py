@@ -114,6 +114,53 @@ def coco_summary(
     return {name: float(max(v, 0.0)) for name, v in zip(COCO_STAT_NAMES, ev.stats)}
 
 
+def load_results(results_path: str | os.PathLike) -> list[dict]:
+    """A COCO keypoint results file (a JSON list of {image_id, category_id, keypoints, score})."""
+    path = Path(results_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"results file not found: {path}")
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"results file {path} is not valid JSON: {err}") from err
+    if not isinstance(results, list):
+        raise ValueError(
+            f"results file {path} must hold a JSON list of detections, got {type(results).__name__}"
+        )
+    for i, r in enumerate(results):
+        if not isinstance(r, dict) or not {"image_id", "keypoints", "score"} <= set(r):
+            raise ValueError(
+                f"results file {path}: entry {i} lacks image_id, keypoints or score: {str(r)[:80]}"
+            )
+        if len(r["keypoints"]) % 3:
+            raise ValueError(
+                f"results file {path}: entry {i} has {len(r['keypoints'])} keypoint numbers, not 3 per joint"
+            )
+    return results
+
+
+def evaluate_results_file(
+    ann_file: str | os.PathLike,
+    results_path: str | os.PathLike,
+    *,
+    image_ids: Sequence[int] | None = None,
+    oks_sigmas: Sequence[float] | None = None,
+    verbose: bool = True,
+) -> dict:
+    """Score an existing COCO keypoint results file; an empty one scores 0 (not an error)."""
+    coco = load_coco(ann_file)
+    results = load_results(results_path)
+    category = keypoint_category(coco)
+    results = [dict(r, category_id=r.get("category_id", category["id"])) for r in results]
+    ids = list(image_ids) if image_ids is not None else list(coco.getImgIds())
+    unknown = sorted({r["image_id"] for r in results} - set(coco.imgs))
+    if unknown:
+        raise ValueError(f"results file {results_path} names images not in {ann_file}: {unknown[:10]}")
+    summary = dict(coco_summary(coco, results, ids, oks_sigmas=oks_sigmas, verbose=verbose))
+    summary.update({"images": len(ids), "people": len(results)})
+    return summary
+
+
 def _flip_index_from_names(names: Sequence[str]) -> tuple[int, ...] | None:
     try:
         from keras_ehrnet.data.coco import infer_flip_index
@@ -194,6 +241,10 @@ def evaluate_coco(
             **decode_options,
         )
         name = predictor.name
+    if oracle is None and predictor.num_joints and predictor.num_joints != len(names):
+        raise ValueError(
+            f"{name} predicts {predictor.num_joints} joints but {ann_file} annotates {len(names)} ({category['name']})"
+        )
 
     results: list[dict] = []
     evaluated: list[int] = []

@@ -72,6 +72,34 @@ def test_no_detection_gives_zero_ap(coco_mini, capsys):
     assert coco_summary(load_coco(ann), [], verbose=False) == {name: 0.0 for name in COCO_STAT_NAMES}
 
 
+def test_results_files_empty_or_malformed(coco_mini, tmp_path):
+    from evaluation.coco import main
+    from keras_ehrnet.evaluate import evaluate_results_file
+
+    ann, _ = coco_mini
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    summary = evaluate_results_file(ann, empty, verbose=False)
+    assert summary["AP"] == 0.0 and summary["people"] == 0 and summary["images"] == 80
+    out = tmp_path / "summary.json"
+    assert main(["--results", str(empty), "--ann", str(ann), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["AP"] == 0.0
+    for text, match in (
+        ("{oops", "not valid JSON"),
+        ('{"a": 1}', "JSON list"),
+        ('[{"image_id": 1}]', "entry 0"),
+    ):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=match):
+            evaluate_results_file(ann, bad, verbose=False)
+    assert main(["--results", str(bad), "--ann", str(ann)]) == 2
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps([{"image_id": 123456789, "keypoints": [0] * 51, "score": 1.0}]))
+    with pytest.raises(ValueError, match="123456789"):
+        evaluate_results_file(ann, wrong, verbose=False)
+
+
 def test_unreadable_images_are_skipped_and_named(coco_mini, tmp_path, capsys):
     ann, images = coco_mini
     data = json.loads(ann.read_text())
@@ -114,11 +142,21 @@ def test_coco_program_with_the_oracle(coco_mini, tmp_path):
     assert main(["--model", str(tmp_path / "none.onnx"), "--ann", str(ann), "--images", str(images)]) == 2
 
 
+def test_a_model_for_other_joints_is_refused(coco_mini):
+    ann, images = coco_mini
+
+    class FourJoints(ZeroRunner):
+        num_joints = 4
+
+    with pytest.raises(ValueError, match="4 joints"):
+        evaluate_coco(FourJoints(), ann, images, input_size=64, flip=False, progress=False)
+
+
 def test_evaluate_an_in_memory_keras_model(coco_mini):
     import keras_ehrnet
 
     ann, images = coco_mini
-    model = keras_ehrnet.build_model("H-4")
-    summary = evaluate_coco(model, ann, images, input_size=64, max_images=2, progress=False, verbose=False)
+    model = keras_ehrnet.build_model("H-4", input_size=(64, 64))  # fixed size: letterboxed, one trace
+    summary = evaluate_coco(model, ann, images, max_images=2, progress=False, verbose=False)
     assert summary["images"] == 2 and summary["model"] == "keras"
     assert 0 <= summary["AP"] <= 1 and summary["decode_ms_max"] > 0

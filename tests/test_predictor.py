@@ -129,6 +129,10 @@ def test_images_of_any_kind():
     for size in ((1, 1), (3, 5), (17, 9)):
         tiny = Predictor(SceneRunner(np.zeros((0, 17, 3)), size, 256), input_size=256)
         assert tiny.predict(np.zeros((*size, 3), np.uint8)) == []
+    # a very large image is brought down to the input size like any other
+    huge = Predictor(SceneRunner(np.zeros((0, 17, 3)), (3000, 4000), 256), input_size=256)
+    assert huge.predict(np.zeros((3000, 4000, 3), np.uint8)) == []
+    assert huge.plan((3000, 4000)).base_size == (256, 384)
     with pytest.raises(ValueError, match="empty"):
         predictor.predict(np.zeros((0, 10, 3), np.uint8))
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):

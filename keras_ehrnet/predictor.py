@@ -191,18 +191,17 @@ class Predictor:
         self.fixed_input_size = getattr(self.runner, "fixed_input_size", None)
         if self.fixed_input_size is not None:
             self.fixed_input_size = tuple(int(v) for v in self.fixed_input_size)
+        if input_size is None and self.fixed_input_size is not None:
+            input_size = min(self.fixed_input_size)
         if input_size is None:
             input_size = _native_input_size(self.runner)
-            if input_size is None:
-                if self.fixed_input_size is not None:
-                    input_size = min(self.fixed_input_size)
-                else:
-                    input_size = DEFAULT_INPUT_SIZE
-                    warnings.warn(
-                        f"{getattr(self.runner, 'name', 'model')} does not say its input size; "
-                        f"using {DEFAULT_INPUT_SIZE} (pass input_size=…)",
-                        stacklevel=2,
-                    )
+        if input_size is None:
+            input_size = DEFAULT_INPUT_SIZE
+            warnings.warn(
+                f"{getattr(self.runner, 'name', 'model')} does not say its input size; "
+                f"using {DEFAULT_INPUT_SIZE} (pass input_size=…)",
+                stacklevel=2,
+            )
         self.input_size = int(input_size)
         self.flip = bool(flip)
         self.scales = tuple(sorted((float(s) for s in scales), reverse=True))

@@ -252,6 +252,11 @@ def _linear_taps(dst: np.ndarray, n_src: int, n_dst: int) -> tuple[np.ndarray, n
     return i0, i1, frac
 
 
+# Up to this many points, tags are read from the R/4 map directly (grouping's few peaks);
+# beyond, the R/2 map is made once and read with 4 taps (refinement's many pixels).
+_DIRECT_SAMPLES = 4096
+
+
 class _TagSource:
     """A quarter-resolution tag map, read at base-grid pixels as if it had been resized (bilinear)
     to the half-resolution grid and then to the base grid, as the reference does."""
@@ -269,6 +274,26 @@ class _TagSource:
             self._mid = _resize(np.ascontiguousarray(self.quarter), self.mid_size)
         return self._mid
 
+    def _sample_direct(self, ys: np.ndarray, xs: np.ndarray, js: np.ndarray | int) -> np.ndarray:
+        """Both bilinear steps composed (16 taps per point): no half-resolution map needed."""
+        q = self.quarter
+        hq, wq, t = q.shape
+        (h2, w2), (big_h, big_w) = self.mid_size, self.base_size
+
+        def taps(pos, n_mid, n_big, n_q):
+            m0, m1, f = _linear_taps(np.asarray(pos), n_mid, n_big)
+            a0, a1, g0 = _linear_taps(m0, n_q, n_mid)
+            b0, b1, g1 = _linear_taps(m1, n_q, n_mid)
+            index = np.stack([a0, a1, b0, b1], axis=-1)
+            weight = np.stack([(1 - f) * (1 - g0), (1 - f) * g0, f * (1 - g1), f * g1], axis=-1)
+            return index, weight
+
+        rows, wr = taps(ys, h2, big_h, hq)
+        cols, wc = taps(xs, w2, big_w, wq)
+        channel = np.zeros(np.shape(ys), np.int64) if t == 1 else np.broadcast_to(js, np.shape(ys))
+        values = q[rows[:, :, None], cols[:, None, :], channel[:, None, None]]
+        return (values * wr[:, :, None] * wc[:, None, :]).sum(axis=(1, 2))
+
     def _taps(self):
         if self._row_taps is None:
             h, w, _ = self.mid.shape
@@ -278,6 +303,8 @@ class _TagSource:
         return self._row_taps, self._col_taps
 
     def sample(self, ys: np.ndarray, xs: np.ndarray, js: np.ndarray | int) -> np.ndarray:
+        if self._mid is None and np.size(ys) <= _DIRECT_SAMPLES:
+            return self._sample_direct(ys, xs, js)
         m = self.mid
         h, w, t = m.shape
         (r0, r1, rf), (c0, c1, cf) = self._taps()
@@ -380,7 +407,7 @@ def aggregate_outputs(
             raise ValueError("every scale must have the same number of joints")
         mid = out.half.shape[:2]
         quarter_hm = out.quarter[..., :num_joints]
-        half = out.half
+        half_flip = None
         use_tags = config.multi_scale_tags == "all" or out.scale == 1.0 or len(outputs) == 1
         if use_tags:
             tag_sources.append(_TagSource(out.quarter[..., num_joints:], mid, base_size))
@@ -392,11 +419,13 @@ def aggregate_outputs(
             perm = np.concatenate([flip_index, num_joints + tag_perm])
             back = _mirror_relabel(out.quarter_flip, perm)
             quarter_hm = quarter_hm + back[..., :num_joints]
-            half = half + _mirror_relabel(out.half_flip, flip_index)
+            half_flip = _mirror_relabel(out.half_flip, flip_index)
             if use_tags:
                 tag_sources.append(_TagSource(back[..., num_joints:], mid, base_size))
         hm = _resize(np.ascontiguousarray(quarter_hm, dtype=np.float32), mid)
-        hm += half
+        hm += out.half
+        if half_flip is not None:
+            hm += half_flip
         hm *= np.float32(0.25 if out.flipped else 0.5)
         hm = _resize(hm, base_size)
         if heatmaps is None:
@@ -498,7 +527,7 @@ def group_peaks(
             continue
         cand = np.arange(lo, hi)
         t = tags[lo:hi].astype(np.float64)
-        new_rows = np.arange(hi - lo)
+        unmatched = np.ones(hi - lo, dtype=bool)
         if count:
             m = min(count, config.max_people)
             if config.ignore_too_much and m == config.max_people:
@@ -514,7 +543,8 @@ def group_peaks(
             source[cols, j] = cand[rows]
             tag_sum[cols] += t[rows]
             tag_count[cols] += 1
-            new_rows = np.setdiff1d(new_rows, rows)
+            unmatched[rows] = False
+        new_rows = np.flatnonzero(unmatched)
         n = len(new_rows)
         source[count : count + n, j] = cand[new_rows]
         tag_sum[count : count + n] = t[new_rows]
@@ -595,6 +625,8 @@ def refine_keypoints(
     if exclusive:
         idx, starts = _pixels_by_joint(heatmaps, config.refine_threshold, above)
     means = person_tags.astype(np.float32)
+    for source in maps.tag_sources:  # many pixels to read: make the R/2 tag maps once
+        _ = source.mid
     for j in range(num_joints):
         need = np.flatnonzero(missing[:, j])
         if not need.size:

@@ -491,3 +491,17 @@ def test_coco_training_data_feeds_the_trainer():
     missing = config_from_dict({"data": {"train_ann": "nowhere.json", "train_images": str(image_dir)}})
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
         CocoTrainData(missing, global_batch=2)
+
+
+def test_throughput_and_loss_plot(tmp_path):
+    from keras_ehrnet.train import measure_throughput, plot_losses
+
+    row = measure_throughput(input_size=R, batch_size=2, steps=3, warmup=1, model_fn=tiny_model, num_joints=J)
+    assert row["steps_timed"] == 3 and row["images_per_sec"] > 0 and row["input_size"] == R
+    assert np.isfinite(row["final_loss"])
+    history = [
+        {"step": s, "loss": 1.0 / s, "heatmaps_quarter": 0.5 / s, "push": 1e-3, "pull": 1e-4}
+        for s in range(1, 120)
+    ]
+    png = plot_losses(history, tmp_path / "loss.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

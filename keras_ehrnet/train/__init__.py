@@ -5,6 +5,7 @@ config = load_config("training/configs/H-4.yaml", ["data.train_ann=ann.json", "d
 result = train(config)  # or Trainer(config, strategy=..., dataset_fn=...).fit()
 """
 
+from keras_ehrnet.train.benchmark import measure_throughput, overfit, plot_losses
 from keras_ehrnet.train.config import (
     CheckpointConfig,
     ConfigError,
@@ -67,5 +68,8 @@ __all__ = [
     "load_initial_weights",
     "make_schedule",
     "make_strategy",
+    "measure_throughput",
+    "overfit",
+    "plot_losses",
     "train",
 ]

@@ -28,13 +28,19 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     auto: MultiWorkerMirroredStrategy when TF_CONFIG describes several machines, else
     MirroredStrategy over several GPUs, else one GPU, else the default (CPU) strategy.
     mirrored: every local GPU, or every logical CPU device when there is no GPU.
-    multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.
+    multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG. It must be made before the
+    program runs any TF op or lists devices (TF configures collectives at start-up).
     """
+    if name == "auto" and _tf_config_tasks() > 1:
+        name = "multi_worker"
+    if name == "multi_worker":
+        # Before anything else touches the TF runtime: collectives are configured at start-up.
+        if _tf_config_tasks() == 0:
+            raise ValueError("strategy 'multi_worker' needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
-        if _tf_config_tasks() > 1:
-            name = "multi_worker"
-        elif len(gpus) > 1:
+        if len(gpus) > 1:
             name = "mirrored"
         elif len(gpus) == 1:
             name = "one_device"
@@ -47,10 +53,6 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if name == "mirrored":
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        if _tf_config_tasks() == 0:
-            raise ValueError("strategy 'multi_worker' needs TF_CONFIG describing the cluster")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(
         f"unknown strategy {name!r}; expected auto, default, one_device, mirrored or multi_worker"
     )

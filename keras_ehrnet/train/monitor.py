@@ -142,7 +142,9 @@ class TrainMonitor:
         if step % self.every_steps == 0:
             if self._bar is None:
                 terms = " ".join(f"{SHORT_NAMES.get(k, k)} {v:.4g}" for k, v in logs.items())
-                print(f"epoch {epoch + 1} step {step}: {terms} lr {lr:.3g} img/s {self._rate:.1f}", flush=True)
+                print(
+                    f"epoch {epoch + 1} step {step}: {terms} lr {lr:.3g} img/s {self._rate:.1f}", flush=True
+                )
             self._history_file.flush()
             with self._writer.as_default():
                 for name, value in logs.items():

@@ -202,6 +202,7 @@ class Trainer:
         self.policy = MIXED_PRECISION[str(config.train.mixed_precision).lower()]
         self.steps_per_epoch = config.train.steps_per_epoch or self._count_steps()
         self._stop_signal: int | None = None
+        self.save_models = True  # write final.keras / best.keras (benchmarks turn it off)
         self._build(model_fn)
 
     # ------------------------------------------------------------------ setup
@@ -539,7 +540,7 @@ class Trainer:
                     self._validate(epoch, global_step, result)
                 last_saved = self._save(epoch, 0, global_step)
             result.epoch, result.step, result.checkpoint = epoch, global_step, self.manager.latest_checkpoint
-            if self.chief:
+            if self.chief and self.save_models:
                 path = self.workdir / "final.keras"
                 self.model.save(path)
                 result.final_model = path

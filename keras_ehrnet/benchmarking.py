@@ -143,3 +143,122 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+# --------------------------------------------------------------------------- runtimes
+
+# Runtime name → (export format, precision) or None for the in-memory Keras model.
+RUNTIMES: dict[str, tuple[str, str] | None] = {
+    "keras": None,
+    "keras-xla": None,
+    "savedmodel": ("savedmodel", "fp32"),
+    "tflite-fp32": ("tflite", "fp32"),
+    "tflite-fp16": ("tflite", "fp16"),
+    "tflite-int8-dynamic": ("tflite", "int8-dynamic"),
+    "tflite-int8": ("tflite", "int8"),
+    "onnx": ("onnx", "fp32"),
+    "tftrt": ("tftrt", "fp16"),
+    "tensorrt": ("tensorrt", "fp16"),
+}
+DEFAULT_RUNTIMES = (
+    "keras",
+    "keras-xla",
+    "savedmodel",
+    "tflite-fp32",
+    "tflite-fp16",
+    "tflite-int8",
+    "onnx",
+    "tftrt",
+    "tensorrt",
+)
+
+
+class Skipped(Exception):  # noqa: N818 - a result, not an error
+    """A runtime that cannot run here; str() says why."""
+
+
+def prepare_runtime(
+    model,
+    runtime: str,
+    input_size: tuple[int, int],
+    workdir,
+    *,
+    threads: int | None = None,
+    calibration_images=None,
+    batch: int = 1,
+):
+    """A no-argument callable running `runtime` on a fixed random batch, or raise Skipped.
+
+    Artefacts are exported into `workdir` (reused when already there). Keras runs as a
+    compiled tf.function, without or with XLA; every other runtime goes through
+    `keras_ehrnet.runtimes.load_runner`, exactly what evaluation uses.
+    """
+    from pathlib import Path
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if runtime in ("keras", "keras-xla"):
+        return keras_infer_fn(model, input_size, batch=batch, xla=runtime == "keras-xla")
+    from keras_ehrnet import export as ex
+    from keras_ehrnet.runtimes import RuntimeUnavailableError, load_runner
+
+    fmt, precision = RUNTIMES[runtime]
+    h, w = input_size
+    workdir = Path(workdir)
+    out = workdir / ex.default_output_path(fmt, precision, f"{model.config.name}_{h}x{w}")
+    try:
+        if not out.exists():
+            ex.export(
+                model,
+                fmt,
+                out,
+                precision=precision,
+                input_size=(h, w),
+                calibration_images=calibration_images if precision == "int8" else None,
+                progress=False,
+            )
+        runner = load_runner(out, num_threads=threads)
+    except RuntimeUnavailableError as exc:
+        raise Skipped(str(exc)) from None
+    x = np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
+    return lambda: runner(x)
+
+
+def peak_matmul_gflops(threads: int | None = None, n: int = 2048, repeats: int = 5) -> float:
+    """Sustained float32 GFLOP/s of a large TensorFlow matmul: a practical compute ceiling."""
+    import tensorflow as tf
+
+    a = tf.random.uniform((n, n))
+    b = tf.random.uniform((n, n))
+    fn = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    stats = time_callable(lambda: fn().numpy(), warmup=2, runs=repeats)
+    return 2 * n**3 / (stats.min_ms / 1000.0) / 1e9
+
+
+def floor_ms(macs: int, gflops: float) -> float:
+    """The physical floor 2·MACs / peak FLOP/s, in milliseconds."""
+    return 2.0 * macs / (gflops * 1e9) * 1000.0
+
+
+def latency_markdown(rows: list[dict], runtimes: list[str]) -> str:
+    """Per level: one row per runtime with median/p90/min ms, FPS, throughput and ratios."""
+    lines = [
+        "| level | input | runtime | median ms | p90 ms | min ms | FPS | batch-N img/s | vs ref ORT | × floor |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for name in runtimes + [r for r in row["runtimes"] if r not in runtimes]:
+            r = row["runtimes"].get(name)
+            if r is None:
+                continue
+            head = f"| {row['level']} | {row['input_size']} | {name} |"
+            if "skipped" in r:
+                lines.append(f"{head} skipped: {r['skipped']} ||||||||")
+                continue
+            lat = r["latency"]
+            thr = r.get("throughput_img_s")
+            lines.append(
+                f"{head} {lat['median_ms']:.1f} | {lat['p90_ms']:.1f} | {lat['min_ms']:.1f} | {lat['fps']:.1f} | "
+                f"{f'{thr:.1f}' if thr else '–'} | {r.get('ratio_vs_ref_ort', '–')} | {r.get('x_floor', '–')} |"
+            )
+    return "\n".join(lines)

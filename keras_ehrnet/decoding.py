@@ -644,10 +644,16 @@ def refine_keypoints(
             t = maps.tags_at(pix // big_w, pix % big_w, j)
             d_all = _distances(t, means)
             d = d_all[:, need]
-            score = vals[:, None] - np.round(d)
             if holders.size:
-                nearest_other = d_all[:, holders].min(axis=1)
-                score[nearest_other[:, None] <= d] = -np.inf
+                # pixels at least as near another person holding the joint are theirs
+                allowed = d < d_all[:, holders].min(axis=1)[:, None]
+                rows = np.flatnonzero(allowed.any(axis=1))
+                if not rows.size:
+                    continue
+                pix, vals, d, allowed = pix[rows], vals[rows], d[rows], allowed[rows]
+                score = np.where(allowed, vals[:, None] - np.round(d), -np.inf)
+            else:
+                score = vals[:, None] - np.round(d)
             arg = np.argmax(score, axis=0)
             top = score[arg, np.arange(need.size)]
             better = top > best  # strictly: earlier chunks hold earlier pixels

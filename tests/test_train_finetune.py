@@ -51,6 +51,7 @@ def test_weights_h5_from_17_keypoints_fill_everything_but_the_heads(source17):
         load_initial_weights(model, folder / "nowhere.keras")
 
 
+@pytest.mark.slow
 def test_finetune_17_to_14_keypoints_with_frozen_backbone(source17, tmp_path, capsys):
     folder, source_weights = source17
     images, targets = synthetic_arrays(num=2, size=SIZE, num_joints=14)

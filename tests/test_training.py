@@ -353,29 +353,43 @@ def test_weight_decay_spares_biases_and_batchnorm(mode):
 
 # ---------------------------------------------------------------------------- the loop
 def test_checkpoints_best_model_and_logs(tmp_path):
-    aps = iter([0.1, 0.3, 0.2])
+    aps = iter([0.1, 0.3, None, 0.2])
+
+    def evaluate(model):
+        ap = next(aps)
+        if ap is None:
+            raise RuntimeError("evaluation broke")  # reported; training goes on
+        return {"AP": ap, "AP50": 0.5}
+
     trainer = tiny_trainer(
         tmp_path,
-        evaluate_fn=lambda model: {"AP": next(aps), "AP50": 0.5},
-        train={"epochs": 3},
+        evaluate_fn=evaluate,
+        train={"epochs": 4},
         validation={"every_epochs": 1},
         checkpoint={"every_steps": 1, "keep": 2},
         logging={"progress": True, "every_steps": 1, "images_every_steps": 2},
     )
     result = trainer.fit()
     steps = trainer.steps_per_epoch
-    assert steps == N // BATCH and result.step == 3 * steps and not result.interrupted
+    assert steps == N // BATCH and result.step == 4 * steps and not result.interrupted
     assert result.best_ap == pytest.approx(0.3)
-    assert [row["AP"] for row in result.validation] == pytest.approx([0.1, 0.3, 0.2])
+    assert [row.get("AP") for row in result.validation] == [
+        pytest.approx(0.1),
+        pytest.approx(0.3),
+        None,
+        pytest.approx(0.2),
+    ]
+    assert "evaluation broke" in result.validation[2]["error"]
     assert tf.train.latest_checkpoint(str(tmp_path / "best")).endswith(f"best-{2 * steps}")
     assert len(tf.train.get_checkpoint_state(str(tmp_path / "checkpoints")).all_model_checkpoint_paths) == 2
-    assert _checkpoint_value(result.checkpoint, "epoch") == 3
+    assert _checkpoint_value(result.checkpoint, "epoch") == 4
+    assert _checkpoint_value(result.checkpoint, "best_ap") == pytest.approx(0.3)
     reloaded = keras.saving.load_model(result.final_model)
     x = np.random.default_rng(1).uniform(0, 255, (1, R, R, 3)).astype(np.float32)
     np.testing.assert_allclose(reloaded(x)[0], trainer.model(x)[0], atol=1e-5)
     assert keras.saving.load_model(result.best_model) is not None
     lines = (tmp_path / "history.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == list(range(1, 3 * steps + 1))
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 4 * steps + 1))
     tags = set()
     for event_file in (tmp_path / "tensorboard").iterdir():
         from tensorflow.core.util import event_pb2
@@ -407,6 +421,7 @@ def test_mixed_precision_trains(tmp_path, policy):
     assert keras.mixed_precision.global_policy().name == "float32"  # the global policy is restored
 
 
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_resume_continues_exactly(tmp_path):
     epochs, steps = 3, N // BATCH
     total = epochs * steps
@@ -448,6 +463,7 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues_exactly(tmp_path):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_replicas_match_one_replica_with_the_same_global_batch(tmp_path):
     prelude = (
         "import tensorflow as tf\n"

@@ -420,29 +420,37 @@ class Trainer:
         """Ask the loop to checkpoint and return after the current step (as SIGTERM does)."""
         self._stop_signal = signum
 
-    def _validate(self, epoch: int, global_step: int, result: TrainResult) -> None:
-        metrics: dict = {}
+    def _validate(self, epoch: int, global_step: int, result: TrainResult) -> bool:
+        """COCO AP after `epoch`; on a new best, the best checkpoint and best.keras. Returns
+        whether AP improved. A failing evaluation is reported and training goes on."""
         ap = float("nan")
         if self.chief:
             self._print(f"validating after epoch {epoch} …")
-            metrics = dict(self.evaluate_fn(self.model))
-            ap = float(metrics.get("AP", float("nan")))
-            numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-            result.validation.append({"epoch": epoch, "step": global_step, **numbers})
-            self.monitor.scalars(global_step, numbers)
-            self._print(f"epoch {epoch}: validation AP {ap:.4f}")
+            try:
+                metrics = dict(self.evaluate_fn(self.model))
+            except Exception as err:  # a long run should not die of its evaluation
+                self._print(f"epoch {epoch}: validation failed, training goes on: {err!r}")
+                result.validation.append({"epoch": epoch, "step": global_step, "error": repr(err)})
+            else:
+                ap = float(metrics.get("AP", float("nan")))
+                numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+                result.validation.append({"epoch": epoch, "step": global_step, **numbers})
+                self.monitor.scalars(global_step, numbers)
+                self._print(f"epoch {epoch}: validation AP {ap:.4f}")
         ap = self._broadcast_from_chief(ap)
         best = float(self._state["best_ap"].numpy())
-        if math.isfinite(ap) and ap > best:
-            self._state["best_ap"].assign(ap)
-            self.best_manager.save(checkpoint_number=global_step)
-            if self.chief:
-                path = self.workdir / "best.keras"
-                self.model.save(path)
-                result.best_model = path
-                self._print(f"new best AP {ap:.4f}: {path}")
-            else:
-                remove_scratch(self.write_dir, self.workdir)
+        if not (math.isfinite(ap) and ap > best):
+            return False
+        self._state["best_ap"].assign(ap)
+        self.best_manager.save(checkpoint_number=global_step)
+        if not self.chief:
+            remove_scratch(self.write_dir, self.workdir)
+        elif self.save_models:
+            path = self.workdir / "best.keras"
+            self.model.save(path)
+            result.best_model = path
+            self._print(f"new best AP {ap:.4f}: {path}")
+        return True
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainResult:
@@ -536,9 +544,9 @@ class Trainer:
                 wants_val = self.evaluate_fn is not None and (
                     epoch % c.validation.every_epochs == 0 or epoch == c.train.epochs
                 )
-                if wants_val:
-                    self._validate(epoch, global_step, result)
-                last_saved = self._save(epoch, 0, global_step)
+                last_saved = self._save(epoch, 0, global_step)  # before validating: keep the work
+                if wants_val and self._validate(epoch, global_step, result):
+                    last_saved = self._save(epoch, 0, global_step)  # the new best AP goes in too
             result.epoch, result.step, result.checkpoint = epoch, global_step, self.manager.latest_checkpoint
             if self.chief and self.save_models:
                 path = self.workdir / "final.keras"

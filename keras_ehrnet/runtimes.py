@@ -176,12 +176,12 @@ class SavedModelRunner(Runner):
         _set_tf_threads(num_threads)
         self.path = Path(path)
         self.num_threads = num_threads
-        self._loaded = tf.saved_model.load(str(self.path))
-        if signature not in self._loaded.signatures:
+        self.loaded = tf.saved_model.load(str(self.path))  # every signature: loaded.signatures[name]
+        if signature not in self.loaded.signatures:
             raise ValueError(
-                f"SavedModel {self.path} has no signature {signature!r}; it has {sorted(self._loaded.signatures)}"
+                f"SavedModel {self.path} has no signature {signature!r}; it has {sorted(self.loaded.signatures)}"
             )
-        self._fn = self._loaded.signatures[signature]
+        self._fn = self.loaded.signatures[signature]
         inputs = self._fn.structured_input_signature[1]
         if len(inputs) != 1:
             raise ValueError(
@@ -205,7 +205,7 @@ class SavedModelRunner(Runner):
         self.metadata = meta
         self.name = meta.get("runner_name", "savedmodel")
         self.num_joints = meta.get("num_joints") or min(c for c in channels if c is not None)
-        self.signatures = sorted(self._loaded.signatures)
+        self.signatures = sorted(self.loaded.signatures)
 
     def _run(self, images):
         out = self._fn(**{self._input_name: images})
@@ -213,11 +213,11 @@ class SavedModelRunner(Runner):
 
     def people(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Decoded people from a SavedModel exported with the decoder (signature "people")."""
-        if "people" not in self._loaded.signatures:
+        if "people" not in self.loaded.signatures:
             raise ValueError(
                 f"SavedModel {self.path} was exported without the decoder (no 'people' signature)"
             )
-        out = self._loaded.signatures["people"](images=to_uint8(np.asarray(images)))
+        out = self.loaded.signatures["people"](images=to_uint8(np.asarray(images)))
         return {k: v.numpy() for k, v in out.items()}
 
 
@@ -252,7 +252,9 @@ class TFLiteRunner(Runner):
         self.num_threads = num_threads or default_num_threads()
         interpreter_cls, self.interpreter_source = tflite_interpreter_class()
         try:
-            self._interp = interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
+            with warnings.catch_warnings():  # tf.lite's "use LiteRT" notice: we do when it is installed
+                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+                self._interp = interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
         except ValueError as err:
             raise ValueError(f"{self.path} is not a valid TFLite model: {err}") from err
         self._interp.allocate_tensors()

@@ -20,16 +20,30 @@ EfficientHRNet authors (paper §4.2.3):
 8. person score = mean detection value over all joints (before refinement);
 9. points mapped back to original image pixels through the inverse resize.
 
-Differences from the reference, all deliberate: equal-valued maxima within
-one NMS window (plateaus, common with ideal Gaussians) count as one peak
-instead of filling several top-k slots; people are kept in a list, not a dict
-keyed by their first tag value (which merged people whose tags were equal);
-multi-scale tags are concatenated over all scales as the paper says
-(`multi_scale_tags="base"` keeps the code's scale-1.0-only tags); and the
-default refinement never takes a joint another person holds (a pixel whose
-tag is nearer another person already holding that joint is not a candidate)
-and only searches pixels whose detection value is above `refine_threshold`.
-`refine_mode="reference"` searches the whole map as the reference does.
+Differences from the reference, all deliberate (`DecodeConfig.reference()`
+restores the last three for comparisons):
+
+* equal-valued maxima of one joint chained within NMS windows (plateaus, which
+  ideal Gaussians and flip averaging produce) count as one peak instead of
+  filling several top-k slots;
+* people are kept in a list, not a dict keyed by their first tag value (which
+  merged people whose tags happened to be equal);
+* the assignment is gated: a pair farther apart than the tag threshold costs as
+  much as no match, so the Hungarian solution never gives up a possible match
+  to make two impossible ones (which the ungated cost does, then rejects both);
+* the refinement never takes a joint another person holds: a pixel whose tag is
+  at least as near the mean tag of another person who already has that joint
+  is not a candidate, and only pixels scoring above `refine_threshold` are
+  searched (`refine_mode="reference"` searches the whole map, as HigherHRNet);
+* multi-scale tags are concatenated over all scales, as the paper says (the
+  code keeps the scale-1.0 tags only: `multi_scale_tags="base"`).
+
+Speed: heatmaps are the only full-resolution maps made (one bilinear resize per
+resolution, flip and channel swap folded into one gather at R/4 and R/2); NMS
+is one OpenCV dilation and one threshold pass; tags are read at the peaks only
+(and at the refinement's candidate pixels), never resized to full resolution;
+grouping is one small scipy assignment per joint; refinement handles all people
+missing a joint at once.
 """
 
 from __future__ import annotations

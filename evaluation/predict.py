@@ -5,7 +5,8 @@
 For each image `<name>.json` (people: keypoints [x, y, score] in image pixels,
 score, box) and `<name>.jpg` with the skeletons; for each video `<name>.json`
 (people per frame) and `<name>.mp4`. Unreadable files are skipped and listed.
-Frames per second (prediction only, not file I/O) are reported at the end.
+Frames per second (prediction only: not file I/O, drawing or the one-time warm-up) are
+reported at the end.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {entry['input']}: {entry['reason']}", file=sys.stderr)
     print(
         f"{summary['frames']} frame(s) in {summary['seconds']:.2f} s: {summary['fps']:.2f} frames per second "
-        f"({predictor.name}, input {predictor.input_size}, flip {'on' if predictor.flip else 'off'})"
+        f"({predictor.name}, input {predictor.input_size}, flip {'on' if predictor.flip else 'off'}; "
+        f"{summary['warmup_seconds']:.1f} s one-time warm-up not counted)"
     )
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0 if summary["inputs"] or not summary["skipped"] else 1

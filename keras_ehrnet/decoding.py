@@ -622,7 +622,8 @@ def refine_keypoints(
     positive, as HigherHRNet does (it may take another person's joint).
     "exclusive": only pixels scoring above `refine_threshold` are searched, and a pixel
     whose tag is at least as near the mean tag of another person who already holds
-    that joint is not a candidate, so a joint is never taken from another person.
+    that joint is not a candidate, so a joint is never taken from another person; when
+    two people missing a joint pick the same pixel, the one with the nearer tag gets it.
     Vectorised: per joint, all pixels and all people missing it at once (ties: the
     first pixel in raster order, as numpy's argmax in the reference).
     """
@@ -652,6 +653,7 @@ def refine_keypoints(
             pixels = np.arange(big_h * big_w)
         best = np.full(need.size, -np.inf)
         best_pix = np.full(need.size, -1, dtype=np.int64)
+        best_dist = np.full(need.size, np.inf)
         for lo in range(0, pixels.size, chunk):
             pix = pixels[lo : lo + chunk]
             vals = flat[pix * num_joints + j]
@@ -673,7 +675,14 @@ def refine_keypoints(
             better = top > best  # strictly: earlier chunks hold earlier pixels
             best[better] = top[better]
             best_pix[better] = pix[arg[better]]
+            best_dist[better] = d[arg[better], np.flatnonzero(better)]
         found = best_pix >= 0
+        if exclusive and found.sum() > 1:
+            # two people may not take the same pixel: the nearer tag keeps it
+            order = np.lexsort((best_dist, best_pix))
+            first = np.ones(order.size, dtype=bool)
+            first[1:] = best_pix[order][1:] != best_pix[order][:-1]
+            found[order[~first]] = False
         people, pix = need[found], best_pix[found]
         ys, xs = pix // big_w, pix % big_w
         vals = heatmaps[ys, xs, j]

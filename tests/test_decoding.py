@@ -87,6 +87,15 @@ def test_exclusive_refine_never_takes_a_joint_another_person_holds():
     assert b_ref[3, 2] > 0.5 and abs(b_ref[3, 0] - 10.25) < 1e-5  # the reference takes A's joint
     assert b_excl[3, 2] == 0  # ours leaves it missing
     np.testing.assert_allclose(person_with(exclusive, 1.0)[3], [10.25, 30.25, 1.0], atol=1e-5)
+    # nobody holds joint 3 and both want the one response: the nearer tag gets it, only once
+    peaks = [(0, 10, 10, 1.0, 1.0), (1, 10, 20, 1.0, 1.0), (0, 40, 10, 1.0, 3.0), (1, 40, 20, 1.0, 3.0)]
+    peaks += [(3, 25, 30, 0.05, 1.2)]
+    heat, tags = blobs((48, 56), peaks, 4)
+    maps = AggregatedMaps.from_arrays(heat, tags)
+    exclusive = decode_maps(maps, DecodeConfig(refine_mode="exclusive"))
+    assert person_with(exclusive, 1.0)[3, 2] == pytest.approx(0.05) and person_with(exclusive, 3.0)[3, 2] == 0
+    reference = decode_maps(maps, DecodeConfig(refine_mode="reference"))
+    assert person_with(reference, 1.0)[3, 2] == person_with(reference, 3.0)[3, 2] == pytest.approx(0.05)
 
 
 def test_more_than_max_people_candidates_keeps_the_strongest():

@@ -92,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_options(args.format, args.precision, with_decoder=args.with_decoder)
         model = _model(args)
+        source = args.model or f"a random {args.level}"
+        print(f"exporting {source} to {args.format} ({args.precision}) …", flush=True)
         out = export(
             model,
             args.format,

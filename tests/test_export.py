@@ -401,6 +401,18 @@ def test_conversion_program_maps_its_arguments(monkeypatch, tmp_path, capsys):
     assert kwargs["precision"] == "int8" and kwargs["input_size"] == 256
     assert kwargs["calibration_images"] == tmp_path and kwargs["with_decoder"] is False
     assert "wrote" in capsys.readouterr().out
+    report = {"images": 2, "input_size": "256x256", "runner": "tflite-int8", "outputs": {}}
+    report["outputs"]["half_heatmaps"] = {"max_abs": 0.5, "reference_max": 2.0, "relative": 0.25}
+    report["outputs"]["half_heatmaps"].update(correlation=0.9, nan=False, mean_abs=0.1)
+    verified = []
+    monkeypatch.setattr(
+        "keras_ehrnet.export.parity.verify_artefact", lambda *a, **k: verified.append((a, k)) or report
+    )
+    assert main([*args, "--verify", str(tmp_path), "--num-threads", "1"]) == 0
+    assert (
+        verified[0][0] == (model_file, tmp_path / "m.tflite", tmp_path) and verified[0][1]["num_threads"] == 1
+    )
+    assert "half_heatmaps     max |diff| 0.5 (output max 2" in capsys.readouterr().out
 
 
 def test_conversion_program_reports_bad_combinations(tmp_path, capsys):

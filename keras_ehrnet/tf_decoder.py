@@ -223,8 +223,10 @@ def _refine(det, tag, x, y, v, mean_tag, count, config: DecodeConfig):
     """Fill each person's missing joints at argmax(det − round(|tag − person's tag|)) (step 7).
 
     "reference": the whole map is searched. "exclusive": only pixels above
-    `refine_threshold`, and not where another person holding that joint has a
-    tag at least as near; those pixels are listed once, so the search is sparse.
+    `refine_threshold`, not where another person holding that joint has a tag at
+    least as near, and when two people missing a joint pick the same pixel the
+    nearer tag (then the earlier person) gets it; those pixels are listed once,
+    so the search is sparse.
     """
     h, w = tf.shape(det)[0], tf.shape(det)[1]
     num_joints = det.shape[-1]
@@ -232,7 +234,8 @@ def _refine(det, tag, x, y, v, mean_tag, count, config: DecodeConfig):
     flat_det = tf.reshape(det, [h * w, num_joints])
     flat_tag = tf.reshape(tag, [h * w, num_joints])
     missing = tf.equal(v, 0.0)
-    if config.refine_mode == "exclusive":
+    exclusive = config.refine_mode == "exclusive"
+    if exclusive:
         where = tf.cast(
             tf.where(flat_det > config.refine_threshold), tf.int32
         )  # (pixel, joint), raster order
@@ -260,37 +263,52 @@ def _refine(det, tag, x, y, v, mean_tag, count, config: DecodeConfig):
             first = tf.math.unsorted_segment_min(tf.where(is_best, tf.range(size), size), joint, num_joints)
             found = first < size
             first = tf.minimum(first, size - 1)
-            at = tf.gather(pix, first)
-            return at // w, at % w, tf.where(found, tf.gather(val, first), 0.0)
+            return (
+                tf.gather(pix, first),
+                tf.where(found, tf.gather(val, first), 0.0),
+                tf.gather(d, first),
+                found,
+            )
 
     else:
 
         def search(p):
-            score = flat_det - tf.round(tf.abs(flat_tag - mean_tag[p]))
+            d = tf.abs(flat_tag - mean_tag[p])
+            score = flat_det - tf.round(d)
             top = tf.reduce_max(score, axis=0)
             # the first pixel in raster order among ties (tf.argmax does not promise which)
-            pixels = tf.range(h * w)[:, None]
-            best = tf.reduce_min(tf.where(score >= top, pixels, h * w), axis=0)
-            value = tf.gather_nd(flat_det, tf.stack([best, joint_ids], axis=-1))
-            return best // w, best % w, value
+            best = tf.reduce_min(tf.where(score >= top, tf.range(h * w)[:, None], h * w), axis=0)
+            at = tf.stack([best, joint_ids], axis=-1)
+            return best, tf.gather_nd(flat_det, at), tf.gather_nd(d, at), tf.ones([num_joints], tf.bool)
 
-    def body(p, xs, ys, vs):
-        by, bx, value = search(p)
-        dx, dy = _quarter_step(det, bx, by, joint_ids)
-        fill = missing[p] & (value > 0)
-        xs = xs.write(p, tf.where(fill, tf.cast(bx, x.dtype) + 0.5 + dx, x[p]))
-        ys = ys.write(p, tf.where(fill, tf.cast(by, y.dtype) + 0.5 + dy, y[p]))
-        vs = vs.write(p, tf.where(fill, value, v[p]))
-        return p + 1, xs, ys, vs
+    def body(p, picks):
+        return p + 1, [a.write(p, t) for a, t in zip(picks, search(p))]
 
-    people = tf.shape(x)[0]
-    arrays = [tf.TensorArray(x.dtype, size=people, element_shape=[num_joints]) for _ in range(3)]
-    _, *arrays = tf.while_loop(lambda p, *_: p < count, body, (tf.constant(0), *arrays))
+    dtypes = (tf.int32, det.dtype, det.dtype, tf.bool)
+    picks = [tf.TensorArray(d, size=count, element_shape=[num_joints]) for d in dtypes]
+    _, picks = tf.while_loop(lambda p, _: p < count, body, (tf.constant(0), picks))
+    best, value, dist, found = (a.stack() for a in picks)  # [n, J], n = count
+    need = missing[:count] & found
+    if exclusive:
+        # one pixel, one person: a nearer tag (then an earlier person) wins
+        people = tf.range(count)
+        nearer = (dist[:, None, :] < dist[None, :, :]) | (
+            (dist[:, None, :] == dist[None, :, :]) & (people[:, None, None] < people[None, :, None])
+        )
+        beaten = need[:, None, :] & need[None, :, :] & (best[:, None, :] == best[None, :, :]) & nearer
+        need = need & ~tf.reduce_any(beaten, axis=0)
+    fill = need & (value > 0)
+    by, bx = best // w, best % w
+    dx, dy = _quarter_step(det, bx, by, tf.broadcast_to(joint_ids[None, :], tf.shape(best)))
 
-    def merge(array, old):
-        return tf.concat([array.gather(tf.range(count)), old[count:]], axis=0)
+    def merge(new, old):
+        return tf.concat([tf.where(fill, new, old[:count]), old[count:]], axis=0)
 
-    return merge(arrays[0], x), merge(arrays[1], y), merge(arrays[2], v)
+    return (
+        merge(tf.cast(bx, x.dtype) + 0.5 + dx, x),
+        merge(tf.cast(by, y.dtype) + 0.5 + dy, y),
+        merge(value, v),
+    )
 
 
 def group(

@@ -122,6 +122,14 @@ REFINE_SCENES = {
     + [(0, 40, 10, 1.0, 3.0), (1, 42, 20, 1.0, 3.0), (2, 44, 30, 1.0, 3.0), (3, 46, 40, 1.0, 3.0)],
     "no joint": [(0, 10, 10, 1.0, 1.0), (1, 10, 20, 1.0, 1.0), (3, 10, 30, 1.0, 1.0)]
     + [(0, 40, 10, 1.0, 2.0), (1, 40, 20, 1.0, 2.0)],
+    # nobody holds joint 3 and both want its one response: exclusive gives it to the nearer tag only
+    "one response": [
+        (0, 10, 10, 1.0, 1.0),
+        (1, 10, 20, 1.0, 1.0),
+        (0, 40, 10, 1.0, 3.0),
+        (1, 40, 20, 1.0, 3.0),
+    ]
+    + [(3, 25, 30, 0.05, 1.2)],
 }
 
 
@@ -137,6 +145,8 @@ def test_refinement_follows_the_python_decoder(scene, mode):
     np.testing.assert_allclose(got.scores, np.sort(expected.scores)[::-1], atol=1e-6)
     if scene == "no joint":  # B (tag 2, scored 2/4) is second; its joint 3 depends on the mode
         assert (got.keypoints[1, 3, 2] > 0.5) == (mode == "reference")
+    if scene == "one response":
+        assert (got.keypoints[:, 3, 2] > 0).sum() == (1 if mode == "exclusive" else 2)
 
 
 def test_batch_equals_images_one_by_one():

@@ -482,8 +482,9 @@ def test_two_replicas_match_one_replica_with_the_same_global_batch(tmp_path):
 def test_heatmap_panel_shows_targets_and_predictions():
     images, targets = synthetic_arrays(num=2)
     outputs = [np.zeros((2, R // 4, R // 4, 2 * J), np.float32), np.zeros((2, R // 2, R // 2, J), np.float32)]
-    panel = heatmap_panel(images, targets, outputs, J)
+    panel = heatmap_panel(images, targets, outputs, J, min_height=0)
     assert panel.shape == (2, R // 2, 5 * (R // 2), 3) and panel.dtype == np.uint8
+    assert heatmap_panel(images, targets, outputs, J, min_height=50).shape == (2, 64, 5 * 64, 3)  # ×4
     tile = R // 2
     target_red = panel[0, :, tile : 2 * tile, 0]
     predicted_red = panel[0, :, 2 * tile : 3 * tile, 0]

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ehrnet.train.config import TrainConfig, apply_overrides, config_from_dict
-from keras_ehrnet.train.trainer import Trainer, TrainResult
+from keras_ehrnet.train.trainer import CocoTrainData, Trainer, TrainResult
 
 
 def synthetic_batch(batch: int, size: int, num_joints: int, seed: int = 0):
@@ -158,13 +158,15 @@ def overfit(
     augment: dict[str, float] | None = None,
     overrides: dict[str, Any] | None = None,
     flip_test: bool = True,
+    val_every: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train `level` on a small keypoint set and report COCO AP on those images before and after.
 
     Writes into `out_dir`: the training workdir (`run/`, with final.keras), `metrics.json`,
     `loss.png` and `history.json`. `minutes` caps the training time (the run then stops as on
-    SIGTERM, with a checkpoint, and is evaluated as it stands).
+    SIGTERM, with a checkpoint, and is evaluated as it stands). `val_every` > 0 also scores
+    AP on the same images every that many epochs (the AP curve goes into metrics.json).
     """
     from keras_ehrnet.evaluate import evaluate_coco
 
@@ -188,24 +190,28 @@ def overfit(
     config: TrainConfig = config_from_dict(values, "overfit")
     if overrides:
         config = apply_overrides(config, overrides)
-    trainer = Trainer(config)
-    image_ids = list(trainer.dataset_fn.dataset.image_ids)
+    data = CocoTrainData(config, global_batch=config.data.batch_size)
+    image_ids = list(data.dataset.image_ids)
 
-    def score(tag: str) -> dict:
+    def score(model, tag: str | None = None) -> dict:
         summary = evaluate_coco(
-            trainer.model,
+            model,
             ann_file,
             image_dir,
             input_size=input_size,
             flip=flip_test,
             image_ids=image_ids,
-            results_path=out / f"results_{tag}.json",
-            progress=progress,
+            results_path=out / f"results_{tag}.json" if tag else None,
+            progress=progress and tag is not None,
             verbose=False,
         )
         return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
 
-    before = score("before")
+    if val_every > 0:
+        config = apply_overrides(config, {"validation.every_epochs": val_every})
+    trainer = Trainer(config, dataset_fn=data, evaluate_fn=score if val_every > 0 else None)
+
+    before = score(trainer.model, "before")
     timer = None
     if minutes is not None:
         timer = threading.Timer(minutes * 60.0, trainer.request_stop)
@@ -218,7 +224,7 @@ def overfit(
         if timer is not None:
             timer.cancel()
     train_seconds = time.perf_counter() - started
-    after = score("after")
+    after = score(trainer.model, "after")
     history = result.history
     rates = [row["images_per_sec"] for row in history[1:]]
     metrics = {
@@ -235,6 +241,7 @@ def overfit(
         "loss_last_epoch_mean": float(np.mean([r["loss"] for r in history[-trainer.steps_per_epoch :]]))
         if history
         else None,
+        "AP_curve": [{k: row.get(k) for k in ("epoch", "step", "AP", "AP50")} for row in result.validation],
         "AP_before": before.get("AP"),
         "AP_after": after.get("AP"),
         "before": before,

@@ -56,15 +56,24 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def heatmap_panel(
-    images: np.ndarray, targets: Mapping[str, np.ndarray], outputs, num_joints: int, max_images: int = 2
+    images: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    outputs,
+    num_joints: int,
+    max_images: int = 2,
+    min_height: int = 192,
 ) -> np.ndarray:
-    """uint8 [N, R/2, 5·R/2, 3] strips: image | target R/4 | predicted R/4 | target R/2 | predicted R/2.
+    """uint8 [N, H, 5·W, 3] strips: image | target R/4 | predicted R/4 | target R/2 | predicted R/2.
 
-    Heatmaps are the maximum over joints, drawn in red over a darkened copy of the image.
+    Tiles are R/2 in size, enlarged by a whole factor to at least `min_height` rows so that
+    small training inputs stay readable. Heatmaps are the maximum over joints, drawn in red
+    over a darkened copy of the image.
     """
     quarter, half = (np.asarray(o, np.float32) for o in outputs)
     n = min(max_images, len(images))
     h, w = half.shape[1:3]
+    factor = max(1, -(-min_height // h))
+    h, w = h * factor, w * factor
     strips = []
     for i in range(n):
         base = _resize(np.asarray(images[i], np.float32), (h, w)) / 255.0

@@ -1,8 +1,10 @@
 """keras-ehrnet: EfficientHRNet multi-person pose estimation for TensorFlow/Keras 3."""
 
 from keras_ehrnet.backbone import build_backbone_classifier
+from keras_ehrnet.evaluate import evaluate_coco
 from keras_ehrnet.macs import count_macs
 from keras_ehrnet.model import EfficientHRNet, build_model
+from keras_ehrnet.predictor import Predictor
 from keras_ehrnet.scaling import PRESET_NAMES, EHRNetConfig, get_config
 from keras_ehrnet.torch_import import load_torch_weights
 
@@ -12,9 +14,11 @@ __all__ = [
     "EHRNetConfig",
     "EfficientHRNet",
     "PRESET_NAMES",
+    "Predictor",
     "build_backbone_classifier",
     "build_model",
     "count_macs",
+    "evaluate_coco",
     "get_config",
     "load_torch_weights",
 ]

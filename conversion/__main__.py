@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_options(args.format, args.precision, with_decoder=args.with_decoder)
+        if args.format == "tftrt":
+            from keras_ehrnet.export.tftrt import require_tftrt
+
+            require_tftrt()  # before building or loading the model
         model = _model(args)
         source = args.model or f"a random {args.level}"
         print(f"exporting {source} to {args.format} ({args.precision}) …", flush=True)

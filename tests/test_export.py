@@ -423,6 +423,11 @@ def test_conversion_program_reports_bad_combinations(tmp_path, capsys):
     assert "format onnx does not support precision fp16" in capsys.readouterr().err
     assert main(["--model", str(tmp_path / "gone.keras"), "--format", "onnx", "--out", str(out)]) == 2
     assert "gone.keras" in capsys.readouterr().err
+    if tftrt_unavailable_reason() is not None:
+        assert (
+            main(["--level", "H0", "--format", "tftrt", "--out", str(out)]) == 2
+        )  # fails before building H0
+        assert "TF-TRT is not available" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--format", "onnx", "--out", str(out)])  # neither --model nor --level
     assert not out.exists()

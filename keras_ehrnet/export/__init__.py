@@ -145,6 +145,10 @@ def export(
     where the runtime (TF-TRT, TensorRT) is missing, naming the alternative.
     """
     check_options(format, precision, with_decoder=with_decoder)
+    if format == "tftrt":
+        from keras_ehrnet.export.tftrt import require_tftrt
+
+        require_tftrt()  # before any slow work
     if calibration_images is not None:
         list_images(calibration_images)  # a missing or empty folder fails before any slow work
     model = _load_model(model)

@@ -12,8 +12,13 @@ the 4×4 stride-2 transposed convolution with PyTorch padding 1 is Keras "same".
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import keras
 from keras import layers
+
+from keras_ehrnet.layers import NearestUpsampling2D
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
@@ -35,7 +40,30 @@ def small_normal() -> keras.initializers.Initializer:
     return keras.initializers.RandomNormal(stddev=0.001)
 
 
+_FOLD_BATCHNORM = contextvars.ContextVar("fold_batchnorm", default=False)
+
+
+@contextlib.contextmanager
+def folded_batchnorm(enabled: bool = True):
+    """Build the inference twin: no BatchNorm layers, every conv that fed one gets a bias.
+
+    `keras_ehrnet.folding.fold_batchnorm` fills such a graph with the folded weights.
+    """
+    token = _FOLD_BATCHNORM.set(enabled)
+    try:
+        yield
+    finally:
+        _FOLD_BATCHNORM.reset(token)
+
+
+def conv_bias(use_bias: bool) -> bool:
+    """A conv followed by BatchNorm needs a bias once the BatchNorm is folded into it."""
+    return use_bias or _FOLD_BATCHNORM.get()
+
+
 def batch_norm(x, name: str):
+    if _FOLD_BATCHNORM.get():
+        return x
     return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
 
 
@@ -76,7 +104,7 @@ def conv_bn(
         kernel_size,
         strides=stride,
         padding=padding,
-        use_bias=use_bias,
+        use_bias=conv_bias(use_bias),
         kernel_initializer=kernel_initializer or small_normal(),
         bias_initializer="zeros",
         name=f"{name}_conv",
@@ -110,7 +138,7 @@ def mbconv_block(
     inputs = x
     if hidden != in_channels:
         x = layers.Conv2D(
-            hidden, 1, use_bias=False, kernel_initializer=he_fan_out(), name=f"{name}_expand_conv"
+            hidden, 1, use_bias=conv_bias(False), kernel_initializer=he_fan_out(), name=f"{name}_expand_conv"
         )(x)
         x = batch_norm(x, f"{name}_expand_bn")
         x = layers.Activation("swish", name=f"{name}_expand_swish")(x)
@@ -123,7 +151,7 @@ def mbconv_block(
         kernel_size,
         strides=stride,
         padding=padding,
-        use_bias=False,
+        use_bias=conv_bias(False),
         depthwise_initializer=he_fan_out_depthwise(),
         name=f"{name}_dwconv",
     )(x)
@@ -131,7 +159,11 @@ def mbconv_block(
     x = layers.Activation("swish", name=f"{name}_dw_swish")(x)
     x = squeeze_excite(x, hidden, max(1, int(in_channels / 4)), name=f"{name}_se")
     x = layers.Conv2D(
-        out_channels, 1, use_bias=False, kernel_initializer=he_fan_out(), name=f"{name}_project_conv"
+        out_channels,
+        1,
+        use_bias=conv_bias(False),
+        kernel_initializer=he_fan_out(),
+        name=f"{name}_project_conv",
     )(x)
     x = batch_norm(x, f"{name}_project_bn")
     if in_channels == out_channels and stride == 1:
@@ -201,7 +233,7 @@ def hr_module(
             elif j > i:
                 y = conv_bn(branches[j], widths[i], 1, f"{name}_fuse{i}_{j}", activation=None)
                 f = 2 ** (j - i)
-                y = layers.UpSampling2D(f, interpolation="nearest", name=f"{name}_fuse{i}_{j}_up")(y)
+                y = NearestUpsampling2D(f, name=f"{name}_fuse{i}_{j}_up")(y)
                 terms.append(y)
             else:
                 y = branches[j]

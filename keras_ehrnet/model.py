@@ -46,7 +46,7 @@ def _build_graph(config: EHRNetConfig, input_size):
         4,
         strides=2,
         padding="same",
-        use_bias=False,
+        use_bias=blocks.conv_bias(False),
         kernel_initializer=blocks.small_normal(),
         name="deconv_conv",
     )(x)
@@ -67,6 +67,9 @@ class EfficientHRNet(keras.Model):
 
     Outputs, in order: `quarter` (B, H/4, W/4, J heatmaps then J tags) and
     `half` (B, H/2, W/2, J heatmaps). `config` holds every size.
+
+    `fold_batchnorm=True` builds the inference twin without BatchNorm layers (see
+    `keras_ehrnet.folding.fold_batchnorm`, which fills it from a trained model).
     """
 
     def __init__(
@@ -76,16 +79,19 @@ class EfficientHRNet(keras.Model):
         num_joints: int = 17,
         input_size: int | tuple[int, int] | None = None,
         tag_per_joint: bool = True,
+        fold_batchnorm: bool = False,
         **kwargs,
     ):
         config = get_config(level, num_joints=num_joints, tag_per_joint=tag_per_joint)
-        inputs, outputs = _build_graph(config, input_size)
+        with blocks.folded_batchnorm(bool(fold_batchnorm)):
+            inputs, outputs = _build_graph(config, input_size)
         kwargs.setdefault("name", f"efficienthrnet_{config.name}")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.level = level if not isinstance(level, str) else config.name
         self.num_joints = num_joints
         self.input_size = tuple(input_size) if isinstance(input_size, (list, tuple)) else input_size
         self.tag_per_joint = tag_per_joint
+        self.fold_batchnorm = bool(fold_batchnorm)
         self.config = config
 
     def get_config(self) -> dict:
@@ -96,6 +102,7 @@ class EfficientHRNet(keras.Model):
             "num_joints": self.num_joints,
             "input_size": self.input_size,
             "tag_per_joint": self.tag_per_joint,
+            "fold_batchnorm": self.fold_batchnorm,
         }
 
     @classmethod

@@ -15,7 +15,8 @@ from pathlib import Path
 
 COCO_MINI = Path("/work/shared/data/coco-mini")
 AUGMENT = {
-    "none": {"max_rotation": 0.0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.5},
+    "none": {"max_rotation": 0.0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.0},
+    "flip": {"max_rotation": 0.0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.5},
     # the test-time scale, shifted so that people beyond the centred square are seen too
     "shift": {
         "max_rotation": 0.0,

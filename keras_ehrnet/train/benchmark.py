@@ -144,6 +144,24 @@ def plot_losses(history: Sequence[dict], path: str | os.PathLike, title: str = "
     return path
 
 
+def _rendered_once(data: CocoTrainData, seed: int):
+    """A `DatasetFn` serving the samples of one pass of `data` from memory, reshuffled per epoch
+    (for runs without augmentation, where decoding and rendering again would only cost time)."""
+    one = CocoTrainData(data.config, global_batch=1)
+    samples = list(one(tf.distribute.InputContext(), 0).unbatch().as_numpy_iterator())
+    images = np.stack([image for image, _ in samples])
+    targets = {k: np.stack([t[k] for _, t in samples]) for k in samples[0][1]}
+
+    def fn(ctx: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((images, targets))
+        ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id).shuffle(
+            len(images), seed=seed * 1000 + epoch
+        )
+        return ds.batch(ctx.get_per_replica_batch_size(data.global_batch), drop_remainder=True)
+
+    return fn
+
+
 def overfit(
     ann_file: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -209,7 +227,11 @@ def overfit(
 
     if val_every > 0:
         config = apply_overrides(config, {"validation.every_epochs": val_every})
-    trainer = Trainer(config, dataset_fn=data, evaluate_fn=score if val_every > 0 else None)
+    dataset_fn = data
+    d = config.data
+    if d.max_rotation == 0 and d.min_scale == d.max_scale == 1 and d.max_translate == 0 and d.flip_prob == 0:
+        dataset_fn = _rendered_once(data, config.train.seed)  # no augmentation: every pass is the same
+    trainer = Trainer(config, dataset_fn=dataset_fn, evaluate_fn=score if val_every > 0 else None)
 
     before = score(trainer.model, "before")
     timer = None

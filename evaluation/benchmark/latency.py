@@ -4,8 +4,11 @@
         [--threads N] [--batch 1] [--throughput-batch 4] [--runs 15] [--json out.json] [--markdown out.md]
         [--reference PATH/TO/EfficientHRNet] [--workdir DIR]
 
-Keras runs as a compiled tf.function, without ("keras") and with XLA ("keras-xla"); every other
-runtime runs the exported artefact through keras_ehrnet.runtimes.load_runner. Runtimes that cannot
+Keras runs as a compiled tf.function, without ("keras") and with XLA ("keras-xla"), and with
+BatchNorm folded into the convs ("keras-folded"); every other runtime runs the exported artefact
+through keras_ehrnet.runtimes.load_runner. Randomly initialised levels first get realistic weight
+magnitudes (keras_ehrnet.benchmarking.timing_weights), as a trained model has; the released init
+would leave activations in the denormal range, which CPUs compute slowly. Runtimes that cannot
 run here (TF-TRT and TensorRT without TensorRT) are listed as skipped with the reason. With
 --reference, the authors' PyTorch model is timed in the same run, eagerly and exported to ONNX on
 ONNX Runtime, and every figure gets its ratio to that ONNX Runtime latency.
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         latency_markdown,
         machine_info,
         peak_matmul_gflops,
+        timing_weights,
     )
 
     threads = configure_threads(args.threads)
@@ -191,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             models = None
         for level in [None] if models else args.levels:
             model = models[0] if models else ke.build_model(level)
+            if not models:
+                size = args.input_size or model.config.input_size
+                timing_weights(model, (size, size))
             print(f"{model.config.name} at {args.input_size or model.config.input_size}:", flush=True)
             rows.append(bench_level(model, args, threads, args.workdir, gflops))
     finally:

@@ -39,7 +39,8 @@ J, R, N, BATCH = 3, 32, 8, 4  # keypoints, input size, images, global batch
 LEVELS = ("H0", "H-1", "H-2", "H-3", "H-4")
 # The released "Example Configs": (INPUT_SIZE, TRAIN.IMAGES_PER_GPU).
 RELEASED = {"H0": (512, 1), "H-1": (480, 6), "H-2": (448, 8), "H-3": (416, 10), "H-4": (384, 48)}
-REFERENCE_CONFIGS = Path("/tmp/ref_ehrnet/Example Configs")
+# The authors' checkout, when a developer has one: EHRNET_REFERENCE=/path/to/EfficientHRNet
+REFERENCE_CONFIGS = Path(os.environ.get("EHRNET_REFERENCE", "EfficientHRNet")) / "Example Configs"
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -508,6 +509,30 @@ def test_coco_training_data_feeds_the_trainer():
     missing = config_from_dict({"data": {"train_ann": "nowhere.json", "train_images": str(image_dir)}})
     with pytest.raises(FileNotFoundError, match="nowhere.json"):
         CocoTrainData(missing, global_batch=2)
+
+
+def test_flip_pairs_given_explicitly_reach_the_dataset():
+    """Keypoint names without left/right words: pairs from the config (names or indices) decide flips."""
+    from keras_ehrnet.data import DatasetError, sample_dataset
+    from keras_ehrnet.train import CocoTrainData
+    from training.__main__ import build_parser, overrides_from_args
+
+    ann, image_dir = sample_dataset()
+    args = build_parser().parse_args(["--flip-pairs", "left_eye:right_eye, 5:6"])
+    overrides = overrides_from_args(args)
+    assert overrides["data.flip_pairs"] == [["left_eye", "right_eye"], [5, 6]]
+    base = config_from_dict({"data": {"train_ann": str(ann), "train_images": str(image_dir)}})
+    data = CocoTrainData(apply_overrides(base, overrides), global_batch=1)
+    expected = list(range(17))
+    expected[1], expected[2], expected[5], expected[6] = 2, 1, 6, 5  # only the given pairs swap
+    assert data.dataset.flip_index == expected
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--flip-pairs", "left_eye"])
+    with pytest.raises(ConfigError, match="flip_pairs"):
+        apply_overrides(base, {"data.flip_pairs": [["left_eye", "right_eye", "nose"]]})
+    bad = apply_overrides(base, {"data.flip_pairs": [["left_eye", "left_tail"]]})
+    with pytest.raises(DatasetError, match="left_tail"):
+        CocoTrainData(bad, global_batch=1)
 
 
 def test_throughput_and_loss_plot(tmp_path):

@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--sync-batchnorm", action="store_true", default=None, help="BatchNorm statistics over all replicas"
     )
+    parser.add_argument(
+        "--flip-pairs",
+        type=_flip_pairs_arg,
+        help='left/right keypoints swapped by flips, "l_eye:r_eye,l_paw:r_paw" (names or 0-based '
+        "indices; default: inferred from left_*/right_* names)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log files)")
     parser.add_argument(
         "--set",
@@ -88,6 +94,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
+
+
+def _flip_pairs_arg(text: str) -> list[list[int | str]]:
+    from keras_ehrnet.data.coco import parse_flip_pairs
+
+    try:
+        return parse_flip_pairs(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
@@ -102,6 +117,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     for flag, key in SWITCHES.items():
         if getattr(args, flag):
             out[key] = True
+    if args.flip_pairs is not None:
+        out["data.flip_pairs"] = args.flip_pairs
     if args.no_progress:
         out["logging.progress"] = False
     for text in args.set:

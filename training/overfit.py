@@ -13,7 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-COCO_MINI = Path("/work/shared/data/coco-mini")
+# the real images beside the repository (../shared/data/coco-mini), as in the project layout
+COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-mini"
 AUGMENT = {
     "none": {"max_rotation": 0.0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.0},
     "flip": {"max_rotation": 0.0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.5},

@@ -1,7 +1,7 @@
 """`python -m evaluation.benchmark data`: images per second through the training data pipeline.
 
     python -m evaluation.benchmark data --ann A --images D --input-size 512 --batch-size 8 \
-        --batches 30 [--reference /tmp/ref_ehrnet] [--json out.json]
+        --batches 30 [--reference ../EfficientHRNet] [--json out.json]
 """
 
 from __future__ import annotations

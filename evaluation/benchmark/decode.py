@@ -1,6 +1,6 @@
 """Decode time per image (everything after the network), ours side by side with the reference.
 
-    python -m evaluation.benchmark decode --reference /tmp/ref_ehrnet --json decode.json --plot decode.png
+    python -m evaluation.benchmark decode --reference ../EfficientHRNet --json decode.json --plot decode.png
 
 Both decoders get the same ideal network outputs (`keras_ehrnet.oracle`) of the
 COCO images (default: the shared coco-mini set) at the chosen input size, then
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0])
     p.add_argument("--no-refine", action="store_true", help="both decoders without refinement")
-    p.add_argument("--reference", type=Path, help="the authors' checkout (e.g. /tmp/ref_ehrnet)")
+    p.add_argument("--reference", type=Path, help="the authors' checkout (e.g. ../EfficientHRNet)")
     p.add_argument("--max-images", type=int, help="only the first N images")
     p.add_argument(
         "--repeat",

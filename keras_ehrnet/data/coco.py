@@ -177,6 +177,54 @@ def _load_json(ann_file: Path) -> dict:
     return data
 
 
+@dataclass(frozen=True)
+class KeypointSet:
+    """A dataset's keypoints: names, skeleton (0-based links) and flip permutation."""
+
+    names: tuple[str, ...]
+    skeleton: tuple[tuple[int, int], ...]
+    flip_index: tuple[int, ...]
+
+    @property
+    def num_joints(self) -> int:
+        return len(self.names)
+
+
+def parse_flip_pairs(text: str) -> list[list[int | str]]:
+    """Command-line flip pairs "l_eye:r_eye,3:4" → [["l_eye", "r_eye"], [3, 4]] (digits: 0-based indices)."""
+    pairs: list[list[int | str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        sides = [side.strip() for side in item.split(":")]
+        if len(sides) != 2 or not all(sides):
+            raise ValueError(f"flip pair {item!r}: expected LEFT:RIGHT")
+        pairs.append([int(side) if side.isdigit() else side for side in sides])
+    return pairs
+
+
+def keypoint_set(
+    ann_file: str | os.PathLike, flip_pairs: Sequence[Sequence[int | str]] | None = None
+) -> KeypointSet:
+    """The keypoint category of a COCO-format file (no images needed): for predicting and
+    drawing with a model trained on that keypoint set. Flip pairs as in `CocoKeypoints`."""
+    ann_file = Path(ann_file)
+    data = _load_json(ann_file)
+    cats = [c for c in data["categories"] if isinstance(c, dict) and c.get("keypoints")]
+    if not cats:
+        raise DatasetError(f"{ann_file}: no category with a 'keypoints' list")
+    names = tuple(str(n) for n in cats[0]["keypoints"])
+    skeleton = []
+    for link in cats[0].get("skeleton") or []:
+        a, b = (int(v) - 1 for v in link)  # COCO skeletons are 1-based
+        if not (0 <= a < len(names) and 0 <= b < len(names)):
+            raise DatasetError(f"{ann_file}: skeleton link {link} names no keypoint")
+        skeleton.append((a, b))
+    try:
+        flip = flip_index_from_pairs(flip_pairs, names) if flip_pairs is not None else infer_flip_index(names)
+    except DatasetError as err:
+        raise DatasetError(f"{ann_file}: {err}") from None
+    return KeypointSet(names, tuple(skeleton), tuple(flip))
+
+
 def _segmentation_rle(ann: dict, height: int, width: int, where: str) -> dict:
     """Compressed RLE of an annotation's region: polygons, RLE (either form) or, lacking both, its box."""
     seg = ann.get("segmentation")

@@ -65,6 +65,9 @@ class DataConfig:
     max_translate: float = 40.0
     skip_invalid: bool = False
     cache: bool = False
+    # left/right keypoint pairs swapped by horizontal flips (training and flip test), as names
+    # or 0-based indices; default: inferred from left_*/right_* keypoint names
+    flip_pairs: list[list[int | str]] | None = None
 
 
 @dataclass
@@ -136,6 +139,7 @@ class ValidationConfig:
     input_size: int | None = None  # default: data.input_size
     scales: list[float] = field(default_factory=lambda: [1.0])
     max_images: int | None = None
+    oks_sigmas: list[float] | None = None  # per keypoint; default COCO's (17) or 0.0669 each
 
 
 @dataclass
@@ -340,6 +344,10 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         fail("data.scale_type", f"must be 'short' or 'long', got {d.scale_type!r}")
     if (d.val_ann is None) != (d.val_images is None):
         fail("data.val_ann/val_images", "must be given together")
+    if d.flip_pairs is not None:
+        for pair in d.flip_pairs:
+            if len(pair) != 2:
+                fail("data.flip_pairs", f"needs pairs of two keypoints, got {pair!r}")
     if (d.train_ann is None) != (d.train_images is None):
         fail("data.train_ann/train_images", "must be given together")
     loss = config.loss

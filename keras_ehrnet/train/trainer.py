@@ -87,6 +87,7 @@ class CocoTrainData:
             d.train_ann,
             d.train_images,
             num_joints=config.model.num_joints,
+            flip_pairs=d.flip_pairs,
             require_annotations=True,
             skip_invalid=d.skip_invalid,
         )
@@ -128,6 +129,13 @@ def coco_validation(config: TrainConfig) -> Callable[[keras.Model], dict]:
         p = Path(path)
         if not (p.is_file() if is_file else p.is_dir()):
             raise FileNotFoundError(f"{key}: no such {'file' if is_file else 'folder'}: {p}")
+    flip_index = None
+    if d.flip_pairs is not None:
+        from keras_ehrnet.data.coco import flip_index_from_pairs
+        from keras_ehrnet.evaluate import keypoint_category, load_coco
+
+        names = keypoint_category(load_coco(d.val_ann))["keypoints"]
+        flip_index = flip_index_from_pairs(d.flip_pairs, names)
 
     def evaluate(model: keras.Model) -> dict:
         from keras_ehrnet.evaluate import evaluate_coco
@@ -140,6 +148,8 @@ def coco_validation(config: TrainConfig) -> Callable[[keras.Model], dict]:
             flip=v.flip,
             scales=tuple(v.scales),
             max_images=v.max_images,
+            flip_index=flip_index,
+            oks_sigmas=v.oks_sigmas,
             progress=config.logging.progress,
             verbose=False,
         )

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detection-threshold", type=float, default=0.1)
     p.add_argument("--tag-threshold", type=float, default=1.0)
     p.add_argument("--max-images", type=int, help="only the first N images")
+    p.add_argument(
+        "--oks-sigmas",
+        type=float,
+        nargs="+",
+        help="per-keypoint OKS constants (default: COCO's for 17 keypoints, 0.0669 each otherwise)",
+    )
     p.add_argument("--out", type=Path, help="write the COCO keypoint results (JSON) here")
     p.add_argument("--json", type=Path, help="write the summary (JSON) here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             refine_mode=args.refine_mode,
             detection_threshold=args.detection_threshold,
             tag_threshold=args.tag_threshold,
+            oks_sigmas=args.oks_sigmas,
         )
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -74,6 +74,10 @@ def coco_results(image_id: int, result: DecodeResult, category_id: int = 1) -> l
     return out
 
 
+# COCO's per-keypoint OKS constants averaged: the default for keypoint sets without their own
+DEFAULT_OKS_SIGMA = 0.0669
+
+
 def coco_summary(
     coco_gt,
     results: Sequence[dict],
@@ -84,8 +88,8 @@ def coco_summary(
 ) -> dict[str, float]:
     """Run pycocotools' keypoint evaluation; returns {"AP": …, "AR": …} (all 0 without any result).
 
-    `verbose` prints pycocotools' table. `oks_sigmas`: per-joint OKS constants for joint sets
-    other than COCO's 17.
+    `verbose` prints pycocotools' table. `oks_sigmas`: per-joint OKS constants; joint sets
+    other than COCO's 17 default to `DEFAULT_OKS_SIGMA` for every joint (with a warning).
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -102,9 +106,16 @@ def coco_summary(
         if oks_sigmas is not None:
             ev.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=np.float64)
         elif num_joints != len(ev.params.kpt_oks_sigmas):
+            log.warning(
+                "%d joints: COCO's OKS constants are for 17, so every joint uses %.4f (COCO's mean); "
+                "pass oks_sigmas for your own",
+                num_joints,
+                DEFAULT_OKS_SIGMA,
+            )
+            ev.params.kpt_oks_sigmas = np.full(num_joints, DEFAULT_OKS_SIGMA)
+        if len(ev.params.kpt_oks_sigmas) != num_joints:
             raise ValueError(
-                f"results have {num_joints} joints but COCO's OKS constants are for "
-                f"{len(ev.params.kpt_oks_sigmas)}: pass oks_sigmas"
+                f"results have {num_joints} joints but {len(ev.params.kpt_oks_sigmas)} OKS sigmas were given"
             )
         if image_ids is not None:
             ev.params.imgIds = list(image_ids)

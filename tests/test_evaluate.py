@@ -63,6 +63,39 @@ def test_ground_truth_as_results_scores_one(coco_mini):
     assert 0.2 < stats["AR"] < 0.8
 
 
+def test_other_keypoint_sets_get_default_or_given_oks_constants(coco_mini, tmp_path, caplog):
+    """A 14-keypoint set (COCO's limbs + two): ground truth scores 1 with the default constants,
+    a shifted copy scores lower with tighter ones, and a wrong count of constants is refused."""
+    ann, _ = coco_mini
+    data = json.loads(ann.read_text())
+    keep = list(range(5, 17)) + [0, 1]
+    for a in data["annotations"]:
+        k = a["keypoints"]
+        a["keypoints"] = [v for j in keep for v in k[3 * j : 3 * j + 3]]
+        a["num_keypoints"] = sum(1 for j in keep if k[3 * j + 2] > 0)
+    data["categories"][0]["keypoints"] = [data["categories"][0]["keypoints"][j] for j in keep]
+    path = tmp_path / "kp14.json"
+    path.write_text(json.dumps(data))
+    coco = load_coco(path)
+    results = [
+        {"image_id": a["image_id"], "category_id": 1, "keypoints": list(a["keypoints"]), "score": 1.0}
+        for a in data["annotations"]
+        if a["num_keypoints"] > 0 and not a["iscrowd"]
+    ]
+    with caplog.at_level("WARNING"):
+        assert coco_summary(coco, results, verbose=False)["AP"] == pytest.approx(1.0)
+    assert "0.0669" in caplog.text
+    shifted = [
+        dict(r, keypoints=[v + 3.0 if i % 3 == 0 else v for i, v in enumerate(r["keypoints"])])
+        for r in results
+    ]
+    loose = coco_summary(coco, shifted, oks_sigmas=[0.2] * 14, verbose=False)["AP"]
+    tight = coco_summary(coco, shifted, oks_sigmas=[0.01] * 14, verbose=False)["AP"]
+    assert tight < loose
+    with pytest.raises(ValueError, match="14 joints but 3 OKS sigmas"):
+        coco_summary(coco, results, oks_sigmas=[0.1, 0.1, 0.1], verbose=False)
+
+
 def test_no_detection_gives_zero_ap(coco_mini, capsys):
     ann, images = coco_mini
     summary = evaluate_coco(ZeroRunner(), ann, images, input_size=64, max_images=3, progress=False)

@@ -200,7 +200,10 @@ def overfit(
             "cache": True,
             **(augment or {}),
         },
-        "optimizer": {"learning_rate": learning_rate, "lr_steps": [int(epochs * 0.8), int(epochs * 0.93)]},
+        "optimizer": {
+            "learning_rate": learning_rate,
+            "lr_steps": [max(1, int(epochs * 0.8)), max(1, int(epochs * 0.93))],
+        },
         "train": {"epochs": epochs, "workdir": str(out / "run"), "strategy": "default"},
         "checkpoint": {"every_steps": 500, "keep": 2},
         "logging": {"progress": progress, "every_steps": 10, "images_every_steps": 200},

@@ -33,6 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales, e.g. 0.5 1 1.5")
     p.add_argument("--min-score", type=float, default=0.1, help="drop people scoring below this")
+    p.add_argument(
+        "--keypoints",
+        type=Path,
+        metavar="ANN",
+        help="COCO-format file whose keypoint category (names, skeleton, left/right pairs) the model "
+        "was trained on; needed for flip test and limbs with keypoints other than COCO's 17",
+    )
+    p.add_argument(
+        "--flip-pairs", help='left/right pairs, "l_paw:r_paw,3:4" (names need --keypoints; digits: indices)'
+    )
     p.add_argument("--no-draw", action="store_true", help="JSON only, no drawn images or videos")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -41,7 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from keras_ehrnet.predictor import Predictor, predict_files
+    from keras_ehrnet.data.coco import DatasetError, flip_index_from_pairs, keypoint_set, parse_flip_pairs
+    from keras_ehrnet.predictor import Predictor, as_runner, predict_files
+    from keras_ehrnet.viz import draw_people
+
+    names = skeleton = flip_index = None
+    try:
+        pairs = parse_flip_pairs(args.flip_pairs) if args.flip_pairs else None
+        if args.keypoints:
+            spec = keypoint_set(args.keypoints, pairs)
+            names, skeleton, flip_index = spec.names, spec.skeleton, spec.flip_index
+        elif pairs is not None and any(isinstance(side, str) for pair in pairs for side in pair):
+            raise ValueError("--flip-pairs with names needs --keypoints ANN (or give 0-based indices)")
+    except (FileNotFoundError, ValueError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     if args.level:
         import keras_ehrnet
@@ -50,17 +74,31 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = args.model
     try:
+        model = as_runner(model)
+        model_joints = getattr(model, "num_joints", None)
+        if model_joints and names and model_joints != len(names):
+            raise ValueError(
+                f"the model predicts {model_joints} keypoints but {args.keypoints} names {len(names)}"
+            )
+        if pairs is not None and flip_index is None:
+            joints = model_joints or max(max(pair) for pair in pairs) + 1
+            flip_index = flip_index_from_pairs(pairs, [str(i) for i in range(joints)])
         predictor = Predictor(
             model,
             input_size=args.input_size,
             flip=args.flip,
             scales=tuple(args.scales),
             min_score=args.min_score,
+            flip_index=flip_index,
+            keypoint_names=names,
         )
-    except (FileNotFoundError, ValueError, TypeError) as err:
+    except (FileNotFoundError, ValueError, TypeError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = predict_files(predictor, args.inputs, args.out, draw=not args.no_draw, progress=not args.quiet)
+    draw_fn = (lambda image, people: draw_people(image, people, skeleton)) if skeleton else None
+    summary = predict_files(
+        predictor, args.inputs, args.out, draw=not args.no_draw, progress=not args.quiet, draw_fn=draw_fn
+    )
     for entry in summary["inputs"]:
         extra = f", {entry['frames']} frames at {entry['fps']:.1f} fps" if entry["kind"] == "video" else ""
         print(f"{entry['input']}: {entry['people']} people{extra} -> {entry.get('json', '-')}")

@@ -83,11 +83,15 @@ def quickstart(
     shutil.copyfile(out / "train" / "loss.png", out / "loss.png")
     log(f"      AP on the sample before training {trained['AP_before']:.3f}, after {trained['AP_after']:.3f}")
 
-    log("[2/4] exporting TFLite (fp32)")
+    # TFLite takes one fixed size and images are letterboxed into it. Training saw images scaled
+    # to a short side of `input_size`; a 2:3 landscape input (most sample images are 640×427 or
+    # 640×480) shows people at that same scale, where a square one would shrink them by a third.
+    export_size = (input_size, 32 * math.ceil(input_size * 1.5 / 32))
+    log(f"[2/4] exporting TFLite (fp32) at {export_size[0]}×{export_size[1]}")
     import keras
 
     model = keras.models.load_model(model_path)
-    tflite_path = export_tflite(model, out / "model.tflite", (input_size, input_size), "fp32", progress=False)
+    tflite_path = export_tflite(model, out / "model.tflite", export_size, "fp32", progress=False)
 
     log("[3/4] scoring the TFLite model on the sample with pycocotools")
     predictor = Predictor(str(tflite_path), input_size=input_size, flip=True)
@@ -111,6 +115,7 @@ def quickstart(
         "AP": trained["AP_after"],
         "keras": trained["after"],
         "AP_tflite": tflite_summary.get("AP"),
+        "tflite_input_size": list(export_size),
         "tflite": {k: v for k, v in tflite_summary.items() if isinstance(v, (int, float))},
         "predictions": {
             "images": drawn["frames"],

@@ -265,7 +265,8 @@ def latency_markdown(rows: list[dict], runtimes: list[str]) -> str:
                 continue
             head = f"| {row['level']} | {row['input_size']} | {name} |"
             if "skipped" in r:
-                lines.append(f"{head} skipped: {r['skipped']} ||||||||")
+                reason = " ".join(str(r["skipped"]).split()).replace("|", "\\|")  # one table row
+                lines.append(f"{head} skipped: {reason} ||||||||")
                 continue
             lat = r["latency"]
             thr = r.get("throughput_img_s")

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+# people scoring less are left out of the drawings (all of them are scored for AP)
+DRAW_MIN_SCORE = 0.05
 QUICKSTART_AUGMENT = {
     # the test-time scale and no distortions: the fastest way to learn ten images
     "max_rotation": 0.0,
@@ -97,8 +99,9 @@ def quickstart(
     predictor = Predictor(str(tflite_path), input_size=input_size, flip=True)
     tflite_summary = evaluate_coco(predictor, ann, images, progress=False, verbose=False)
 
-    log("[4/4] predicting with the TFLite model and drawing the skeletons")
-    drawn = predict_files(predictor, [images], out / "predictions", progress=progress)
+    log(f"[4/4] predicting with the TFLite model and drawing the people scoring at least {DRAW_MIN_SCORE}")
+    drawing = Predictor(str(tflite_path), input_size=input_size, flip=True, min_score=DRAW_MIN_SCORE)
+    drawn = predict_files(drawing, [images], out / "predictions", progress=progress)
 
     metrics = {
         "level": level,

@@ -431,3 +431,14 @@ def test_conversion_program_reports_bad_combinations(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--format", "onnx", "--out", str(out)])  # neither --model nor --level
     assert not out.exists()
+
+
+def test_conversion_takes_a_square_or_a_height_by_width_input_size():
+    from conversion.__main__ import parse_args
+
+    base = ["--level", "H-4", "--format", "tflite", "--out", "x.tflite", "--input-size"]
+    assert parse_args([*base, "384"]).input_size == 384
+    assert parse_args([*base, "192x288"]).input_size == (192, 288)
+    for bad in ("192x", "1x2x3", "big"):
+        with pytest.raises(SystemExit):
+            parse_args([*base, bad])

@@ -16,21 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from keras_ehrnet.transforms import parse_input_size
+
 FORMATS = ("savedmodel", "tflite", "onnx", "tftrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
-
-
-def _input_size(text: str) -> int | tuple[int, int]:
-    """ "384" → 384; "384x576" → (384, 576) (height, width)."""
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected R or HxW, got {text!r}") from None
-    if len(parts) == 1:
-        return parts[0]
-    if len(parts) == 2:
-        return (parts[0], parts[1])
-    raise argparse.ArgumentTypeError(f"expected R or HxW, got {text!r}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--input-size",
-        type=_input_size,
+        type=parse_input_size,
         help="fixed input size: R (square) or HxW such as 384x576 for landscape video (multiples of 32); "
         "default: dynamic for savedmodel/onnx, the level's native R otherwise",
     )

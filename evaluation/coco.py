@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from keras_ehrnet.decoding import REFINE_MODES
+from keras_ehrnet.transforms import parse_input_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images", type=Path, help="folder holding the annotated images (not needed with --results)"
     )
-    p.add_argument("--input-size", type=int, help="short side R of the network input (default: the model's)")
+    p.add_argument(
+        "--input-size",
+        type=parse_input_size,
+        help="short side R of the network input (default: the model's), or HxW: a fixed input every "
+        "image is letterboxed into, as a model exported at that size runs",
+    )
     p.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test (default on)"
     )

@@ -17,6 +17,8 @@ import logging
 import sys
 from pathlib import Path
 
+from keras_ehrnet.transforms import parse_input_size
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluation.predict", description=__doc__.split("\n")[0])
@@ -27,7 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)"
     )
-    p.add_argument("--input-size", type=int, help="short side R of the network input (default: the model's)")
+    p.add_argument(
+        "--input-size",
+        type=parse_input_size,
+        help="short side R of the network input (default: the model's), or HxW: a fixed input every "
+        "image is letterboxed into, as a model exported at that size runs",
+    )
     p.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=True, help="flip test (default on)"
     )

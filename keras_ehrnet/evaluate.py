@@ -185,7 +185,7 @@ def evaluate_coco(
     ann_file: str | os.PathLike,
     image_dir: str | os.PathLike,
     *,
-    input_size: int | None = None,
+    input_size: int | tuple[int, int] | None = None,
     flip: bool = True,
     scales: Sequence[float] = (1.0,),
     image_ids: Sequence[int] | None = None,
@@ -206,7 +206,9 @@ def evaluate_coco(
     Images that cannot be read are skipped, logged and counted. Returns the summary:
     COCO_STAT_NAMES, "images" evaluated, "skipped", "people" detected and
     "decode_ms_median"/"decode_ms_max" (everything after the network, per image).
-    Extra keyword arguments set `DecodeConfig` fields (e.g. refine=False).
+    `input_size`: the short side R, or a fixed (height, width) to letterbox every image into
+    (as a fixed-size export runs). Extra keyword arguments set `DecodeConfig` fields (e.g.
+    refine=False).
     """
     from keras_ehrnet.oracle import Oracle, oracle_scale_outputs, person_keypoints
     from keras_ehrnet.predictor import ImageReadError, Predictor, read_image
@@ -234,7 +236,8 @@ def evaluate_coco(
         if flip_index is not None:
             changes["flip_index"] = tuple(flip_index)
         config = dataclasses.replace(config, **changes)
-        input_size = int(input_size or 512)
+        fixed = None if input_size is None or np.isscalar(input_size) else tuple(int(v) for v in input_size)
+        input_size = min(fixed) if fixed else int(input_size or 512)
         scales = tuple(sorted((float(s) for s in scales), reverse=True))
         name = oracle.name
         fi = config.flip_index_for(len(names)) if flip else None
@@ -267,7 +270,9 @@ def evaluate_coco(
         path = image_dir / info["file_name"]
         if oracle is not None:
             anns = coco.loadAnns(coco.getAnnIds(imgIds=image_id, iscrowd=None))
-            plan = make_test_plan((int(info["height"]), int(info["width"])), input_size, scales)
+            plan = make_test_plan(
+                (int(info["height"]), int(info["width"])), input_size, scales, fixed_input_size=fixed
+            )
             kp = person_keypoints(anns, len(names))
             outputs = oracle_scale_outputs(
                 kp, plan, flip=flip, flip_index=fi, sigma=oracle.sigma, tag_per_joint=oracle.tag_per_joint

@@ -166,7 +166,9 @@ class Predictor:
     `model_or_path`: a keras.Model, a `keras_ehrnet.runtimes` Runner, or a path to a
     `.keras` file, SavedModel directory, `.tflite` or `.onnx` file.
     `input_size`: the short side R of the network input (default: the model's native
-    size, or the size an artefact was exported at). `flip`: flip test. `scales`:
+    size, or the size an artefact was exported at), or a fixed (height, width) that every
+    image is fitted inside, centred (letterbox), as an artefact exported at that size is
+    served; use it to score a Keras model exactly as its fixed-size export will run. `flip`: flip test. `scales`:
     multi-scale test (must include 1.0). `flip_index`/`joint_order`: for joint sets
     other than COCO's. Other keyword arguments set `DecodeConfig` fields
     (thresholds, refinement …). `min_score`: people scoring below are dropped.
@@ -176,7 +178,7 @@ class Predictor:
         self,
         model_or_path: Any,
         *,
-        input_size: int | None = None,
+        input_size: int | tuple[int, int] | None = None,
         flip: bool = True,
         scales: Sequence[float] = (1.0,),
         flip_index: Sequence[int] | None = None,
@@ -191,6 +193,8 @@ class Predictor:
         self.fixed_input_size = getattr(self.runner, "fixed_input_size", None)
         if self.fixed_input_size is not None:
             self.fixed_input_size = tuple(int(v) for v in self.fixed_input_size)
+        if input_size is not None and not np.isscalar(input_size):
+            input_size = self._letterbox_size(input_size)
         if input_size is None and self.fixed_input_size is not None:
             input_size = min(self.fixed_input_size)
         if input_size is None:
@@ -227,6 +231,21 @@ class Predictor:
         self._pair_batches = True
         self._warm: set = set()
         self.last_timings: dict[str, float] = {}
+
+    def _letterbox_size(self, size: Sequence[int]) -> int:
+        """Fix the input at (height, width) = `size`; returns its short side."""
+        asked = tuple(int(v) for v in size)
+        if len(asked) != 2 or min(asked) <= 0 or asked[0] % 32 or asked[1] % 32:
+            raise ValueError(
+                f"a fixed input size must be (height, width), multiples of 32; got {tuple(size)!r}"
+            )
+        own = self.fixed_input_size
+        if own is not None and asked != own:
+            raise ValueError(
+                f"{self.name} takes only {own[0]}x{own[1]} inputs; it cannot be run at {asked[0]}x{asked[1]}"
+            )
+        self.fixed_input_size = asked
+        return min(asked)
 
     @property
     def name(self) -> str:

@@ -157,6 +157,24 @@ def make_test_plan(
     return TestPlan((h, w), base.size, base.affine, tuple(entries))
 
 
+def parse_input_size(text: str) -> int | tuple[int, int]:
+    """A command-line input size: "384" → 384 (a short side R), "384x576" → (384, 576) (height, width).
+
+    Raises argparse.ArgumentTypeError (so argparse prints the message) for anything else.
+    """
+    import argparse
+
+    try:
+        parts = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1 and parts[0] > 0:
+        return parts[0]
+    if len(parts) == 2 and min(parts) > 0:
+        return (parts[0], parts[1])
+    raise argparse.ArgumentTypeError(f"expected R or HxW (e.g. 384 or 384x576), got {text!r}")
+
+
 def invert_affine(affine: np.ndarray) -> np.ndarray:
     """The inverse of a 2×3 affine matrix."""
     return cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64))

@@ -175,6 +175,29 @@ def test_coco_program_with_the_oracle(coco_mini, tmp_path):
     assert main(["--model", str(tmp_path / "none.onnx"), "--ann", str(ann), "--images", str(images)]) == 2
 
 
+def test_a_fixed_input_size_letterboxes_every_image(coco_mini, tmp_path):
+    from evaluation.coco import main
+
+    ann, images = coco_mini
+
+    class Recording(ZeroRunner):
+        shapes: set = set()
+
+        def __call__(self, batch):
+            self.shapes.add(batch.shape[1:3])
+            return super().__call__(batch)
+
+    runner = Recording()
+    evaluate_coco(runner, ann, images, input_size=(128, 192), max_images=6, progress=False, verbose=False)
+    assert runner.shapes == {(128, 192)}  # portrait and landscape images alike
+    # the oracle letterboxed into a square still finds people (no flip test, so scale 1 only)
+    summary_path = tmp_path / "summary.json"
+    argv = ["--oracle", "--ann", str(ann), "--images", str(images), "--input-size", "320x320", "--no-flip"]
+    assert main([*argv, "--max-images", "20", "--json", str(summary_path), "--quiet"]) == 0
+    summary = json.loads(summary_path.read_text())
+    assert summary["settings"]["input_size"] == [320, 320] and summary["AP"] > 0.5
+
+
 def test_a_model_for_other_joints_is_refused(coco_mini):
     ann, images = coco_mini
 

@@ -102,6 +102,42 @@ def test_multi_scale_prediction():
     assert_found(people, truth, 4 / predictor.plan(IMAGE_SIZE).base_affine[0, 0])
 
 
+def test_a_fixed_input_size_letterboxes_a_model_that_takes_any_size():
+    """input_size=(H, W) runs a model that takes any size exactly as its export at H×W would run."""
+    truth = scene(3, seed=4)
+    scripted = SceneRunner(truth, IMAGE_SIZE, 256, fixed_input_size=(192, 320))
+
+    class AnySize:  # a Keras-like runner that does not fix its input size
+        name, num_joints, fixed_input_size = "any", 17, None
+
+        def __call__(self, images):
+            return scripted(images)
+
+    predictor = Predictor(AnySize(), input_size=(192, 320))
+    people = predictor.predict(np.zeros((*IMAGE_SIZE, 3), np.uint8))
+    assert {shape[1:3] for shape in scripted.calls} == {(192, 320)}
+    assert predictor.input_size == 192 and predictor.fixed_input_size == (192, 320)
+    assert_found(people, truth, 4 / predictor.plan(IMAGE_SIZE).base_affine[0, 0])
+    # a size the network cannot take, or one an exported artefact was not built for, is refused
+    with pytest.raises(ValueError, match="multiples of 32"):
+        Predictor(AnySize(), input_size=(200, 320))
+    fixed = SceneRunner(truth, IMAGE_SIZE, 256, fixed_input_size=(256, 256))
+    with pytest.raises(ValueError, match="takes only 256x256 inputs; it cannot be run at 192x320"):
+        Predictor(fixed, input_size=(192, 320))
+
+
+def test_input_size_on_the_command_line():
+    import argparse
+
+    from keras_ehrnet.transforms import parse_input_size
+
+    assert parse_input_size("384") == 384
+    assert parse_input_size("192X288") == (192, 288)
+    for bad in ("192x", "1x2x3", "big", "0", "-5x64"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected R or HxW"):
+            parse_input_size(bad)
+
+
 def test_multi_scale_on_a_fixed_size_artefact_is_refused():
     runner = SceneRunner(scene(), IMAGE_SIZE, 256, fixed_input_size=(256, 256))
     with pytest.raises(ValueError, match="fixed at 256x256"):

@@ -402,6 +402,18 @@ def test_checkpoints_best_model_and_logs(tmp_path):
         tiny_trainer(tmp_path).fit()  # never overwrite a finished run by accident
 
 
+def test_epoch_checkpoints_every_n_epochs_and_at_the_last(tmp_path):
+    trainer = tiny_trainer(
+        tmp_path, train={"epochs": 5}, checkpoint={"every_steps": 1000, "every_epochs": 2, "keep": 10}
+    )
+    result = trainer.fit()
+    paths = tf.train.get_checkpoint_state(str(tmp_path / "checkpoints")).all_model_checkpoint_paths
+    assert [_checkpoint_value(p, "epoch") for p in paths] == [2, 4, 5]
+    assert result.checkpoint == paths[-1]
+    with pytest.raises(ConfigError, match="every_epochs"):
+        config_from_dict(tiny_config(tmp_path, checkpoint={"every_epochs": 0}))
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     images, targets = synthetic_arrays()
     images[:] = np.where(np.arange(N)[:, None, None, None] < BATCH, images, np.nan)  # 2nd batch is NaN
@@ -547,3 +559,22 @@ def test_throughput_and_loss_plot(tmp_path):
     ]
     png = plot_losses(history, tmp_path / "loss.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("view, scale_type", [("whole", "long"), ("crop", "short")])
+def test_overfit_benchmark_trains_and_scores_what_it_shows(tmp_path, view, scale_type):
+    from keras_ehrnet.data import sample_dataset
+    from keras_ehrnet.train.benchmark import overfit
+
+    ann, image_dir = sample_dataset()
+    kwargs = dict(input_size=64, batch_size=2, epochs=2, minutes=None, flip_test=False, progress=False)
+    metrics = overfit(ann, image_dir, tmp_path, view=view, model_fn=lambda: tiny_model(17), **kwargs)
+    assert metrics["view"] == view and metrics["config"]["data"]["scale_type"] == scale_type
+    assert metrics["epochs_done"] == 2 and metrics["steps"] == 2 * (metrics["images"] // 2) > 0
+    for key in ("AP_before", "AP_after"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["after"]["images"] == metrics["images"]
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(json.loads((tmp_path / "history.json").read_text())) == metrics["steps"]
+    with pytest.raises(ValueError, match="view must be one of"):
+        overfit(ann, image_dir, tmp_path / "x", view="sideways")

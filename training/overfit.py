@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--val-every", type=int, default=0, help="also score AP every N epochs (0: only at the end)"
     )
+    p.add_argument(
+        "--view",
+        choices=("whole", "crop"),
+        default="whole",
+        help="whole: each image letterboxed into R×R, scored at that fixed input; crop: the centred "
+        "square at short side R, scored at short side R (people outside the square never seen)",
+    )
     p.add_argument("--no-flip-test", action="store_true")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any training config value"
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             flip_test=not args.no_flip_test,
             val_every=args.val_every,
             progress=not args.quiet,
+            view=args.view,
         )
     except (ConfigError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -10,7 +10,7 @@ recipe for H0). Unknown sections or keys, wrong types and impossible values rais
     loss:       heatmap_factors, push_factor, pull_factor, ae_type
     optimizer:  learning_rate, weight_decay (+ mode), lr_steps, lr_factor, warm-up, clipping
     train:      epochs, seed, mixed_precision, strategy, workdir, resume, init, freeze_backbone
-    checkpoint: every_steps, keep
+    checkpoint: every_steps, every_epochs, keep
     logging:    every_steps, images_every_steps, progress
     validation: every_epochs, flip, input_size, scales, max_images
 """
@@ -117,7 +117,8 @@ class TrainSection:
 class CheckpointConfig:
     """When to write checkpoints and how many to keep."""
 
-    every_steps: int = 1000  # plus one at the end of every epoch
+    every_steps: int = 1000
+    every_epochs: int = 1  # also at the end of every that many epochs (and of the last one)
     keep: int = 3
 
 
@@ -387,8 +388,9 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         )
     if t.strategy not in STRATEGIES:
         fail("train.strategy", f"must be one of {STRATEGIES}, got {t.strategy!r}")
-    if config.checkpoint.every_steps < 1 or config.checkpoint.keep < 1:
-        fail("checkpoint.every_steps/keep", "must be >= 1")
+    ck = config.checkpoint
+    if ck.every_steps < 1 or ck.every_epochs < 1 or ck.keep < 1:
+        fail("checkpoint.every_steps/every_epochs/keep", f"must be >= 1, got {ck.every_steps}/{ck.every_epochs}/{ck.keep}")
     if config.logging.every_steps < 1 or config.logging.images_every_steps < 0:
         fail("logging.every_steps/images_every_steps", "must be >= 1 / >= 0")
     v = config.validation

@@ -554,7 +554,9 @@ class Trainer:
                 wants_val = self.evaluate_fn is not None and (
                     epoch % c.validation.every_epochs == 0 or epoch == c.train.epochs
                 )
-                last_saved = self._save(epoch, 0, global_step)  # before validating: keep the work
+                due = epoch % c.checkpoint.every_epochs == 0 or epoch == c.train.epochs
+                if due or wants_val:  # before validating: keep the work
+                    last_saved = self._save(epoch, 0, global_step)
                 if wants_val and self._validate(epoch, global_step, result):
                     last_saved = self._save(epoch, 0, global_step)  # the new best AP goes in too
             result.epoch, result.step, result.checkpoint = epoch, global_step, self.manager.latest_checkpoint

@@ -40,6 +40,33 @@ def small_normal() -> keras.initializers.Initializer:
     return keras.initializers.RandomNormal(stddev=0.001)
 
 
+HR_INITS = ("released", "he")
+_HR_INIT = contextvars.ContextVar("hr_init", default="released")
+
+
+@contextlib.contextmanager
+def hr_init(mode: str = "released"):
+    """Initialisation of the convolutions followed by BatchNorm in the HR part and deconv.
+
+    "released": N(0, 0.001), as the released code (which trains from an ImageNet backbone).
+    "he": He fan-out, as the backbone. With BatchNorm after the conv the output ignores
+    the kernel's scale, so Adam's steps of ~lr are relative changes of ~lr/|w|: 100 % per
+    step for |w| ≈ 0.001, which makes training from scratch erratic until the norms grow.
+    """
+    if mode not in HR_INITS:
+        raise ValueError(f"hr_init must be one of {HR_INITS}, got {mode!r}")
+    token = _HR_INIT.set(mode)
+    try:
+        yield
+    finally:
+        _HR_INIT.reset(token)
+
+
+def hr_kernel_initializer() -> keras.initializers.Initializer:
+    """The kernel initializer of a conv + BatchNorm outside the backbone (see `hr_init`)."""
+    return he_fan_out() if _HR_INIT.get() == "he" else small_normal()
+
+
 _FOLD_BATCHNORM = contextvars.ContextVar("fold_batchnorm", default=False)
 
 
@@ -105,7 +132,7 @@ def conv_bn(
         strides=stride,
         padding=padding,
         use_bias=conv_bias(use_bias),
-        kernel_initializer=kernel_initializer or small_normal(),
+        kernel_initializer=kernel_initializer or hr_kernel_initializer(),
         bias_initializer="zeros",
         name=f"{name}_conv",
     )(x)

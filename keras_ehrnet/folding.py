@@ -29,6 +29,7 @@ def fold_batchnorm(model: EfficientHRNet) -> EfficientHRNet:
         input_size=model.input_size,
         tag_per_joint=model.tag_per_joint,
         fold_batchnorm=True,
+        hr_init=model.hr_init,
         name=model.name,
     )
     bn_of_conv = {}

@@ -47,7 +47,7 @@ def _build_graph(config: EHRNetConfig, input_size):
         strides=2,
         padding="same",
         use_bias=blocks.conv_bias(False),
-        kernel_initializer=blocks.small_normal(),
+        kernel_initializer=blocks.hr_kernel_initializer(),
         name="deconv_conv",
     )(x)
     x = blocks.batch_norm(x, "deconv_bn")
@@ -80,10 +80,11 @@ class EfficientHRNet(keras.Model):
         input_size: int | tuple[int, int] | None = None,
         tag_per_joint: bool = True,
         fold_batchnorm: bool = False,
+        hr_init: str = "released",
         **kwargs,
     ):
         config = get_config(level, num_joints=num_joints, tag_per_joint=tag_per_joint)
-        with blocks.folded_batchnorm(bool(fold_batchnorm)):
+        with blocks.folded_batchnorm(bool(fold_batchnorm)), blocks.hr_init(hr_init):
             inputs, outputs = _build_graph(config, input_size)
         kwargs.setdefault("name", f"efficienthrnet_{config.name}")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -92,6 +93,7 @@ class EfficientHRNet(keras.Model):
         self.input_size = tuple(input_size) if isinstance(input_size, (list, tuple)) else input_size
         self.tag_per_joint = tag_per_joint
         self.fold_batchnorm = bool(fold_batchnorm)
+        self.hr_init = hr_init
         self.config = config
 
     def get_config(self) -> dict:
@@ -103,6 +105,7 @@ class EfficientHRNet(keras.Model):
             "input_size": self.input_size,
             "tag_per_joint": self.tag_per_joint,
             "fold_batchnorm": self.fold_batchnorm,
+            "hr_init": self.hr_init,
         }
 
     @classmethod
@@ -119,11 +122,16 @@ def build_model(
     num_joints: int = 17,
     input_size: int | tuple[int, int] | None = None,
     tag_per_joint: bool = True,
+    hr_init: str = "released",
 ) -> EfficientHRNet:
     """Build EfficientHRNet for a level ("H0", "H-1" … "H-4") or a compound coefficient φ.
 
     `input_size=None` accepts any height and width divisible by 32; the level's
     native resolution R = 512 + 32φ is `model.config.input_size`. Weights are
     randomly initialised as in the released code; nothing is downloaded.
+    `hr_init="he"` initialises the HR part's conv + BatchNorm pairs like the backbone's
+    (He) instead of N(0, 0.001): faster training from scratch (see `blocks.hr_init`).
     """
-    return EfficientHRNet(level, num_joints=num_joints, input_size=input_size, tag_per_joint=tag_per_joint)
+    return EfficientHRNet(
+        level, num_joints=num_joints, input_size=input_size, tag_per_joint=tag_per_joint, hr_init=hr_init
+    )

@@ -154,6 +154,21 @@ def test_initialisation_follows_released_code():
     assert model.get_layer("deconv_bn").epsilon == 1e-5
 
 
+def test_he_initialisation_of_the_hr_part_for_training_from_scratch(tmp_path):
+    model = ke.build_model("H-4", num_joints=5, hr_init="he")
+    for name in ("stage3_module0_branch0_block0_1_conv", "trans1_branch1_conv", "deconv_conv"):
+        kernel = model.get_layer(name).kernel.numpy()
+        fan_out = kernel.shape[0] * kernel.shape[1] * kernel.shape[-1]  # Keras' "fan_out" of the kernel
+        assert abs(kernel.std() / np.sqrt(2 / fan_out) - 1) < 0.2, name
+    # the heads have no BatchNorm after them: they keep N(0, 0.001), so outputs start near zero
+    assert 0.0007 < model.get_layer("final_quarter").kernel.numpy().std() < 0.0013
+    path = tmp_path / "he.keras"
+    model.save(path)
+    assert keras.saving.load_model(path).hr_init == "he"
+    with pytest.raises(ValueError, match="hr_init must be one of"):
+        ke.build_model("H-4", hr_init="xavier")
+
+
 def test_pixels_are_normalised_in_graph():
     model = model_for("H-4")
     norm = model.get_layer("normalize")

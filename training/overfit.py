@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="whole: each image letterboxed into R×R, scored at that fixed input; crop: the centred "
         "square at short side R, scored at short side R (people outside the square never seen)",
     )
+    p.add_argument(
+        "--hr-init",
+        choices=("released", "he"),
+        default="released",
+        help="HR part's initialisation: the released code's N(0, 0.001), or He like the backbone",
+    )
     p.add_argument("--no-flip-test", action="store_true")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any training config value"
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             val_every=args.val_every,
             progress=not args.quiet,
             view=args.view,
+            hr_init=args.hr_init,
         )
     except (ConfigError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -182,6 +182,7 @@ def overfit(
     val_every: int = 0,
     progress: bool = True,
     view: str = "whole",
+    hr_init: str = "released",
     model_fn: Callable | None = None,
 ) -> dict[str, Any]:
     """Train `level` on a small keypoint set and report COCO AP on those images before and after.
@@ -192,6 +193,7 @@ def overfit(
     "crop" trains on the centred square at short side R (the paper's crop when no
     augmentation is drawn) and scores at short side R, where people outside that
     square are scored but were never seen (17 % of coco-mini's visible keypoints).
+    `hr_init` initialises the HR part ("released" or "he", see `keras_ehrnet.blocks.hr_init`).
     `model_fn` replaces the level's model (tests).
 
     Writes into `out_dir`: the training workdir (`run/`, with final.keras), `metrics.json`,
@@ -206,7 +208,7 @@ def overfit(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     values = {
-        "model": {"level": level},
+        "model": {"level": level, "hr_init": hr_init},
         "data": {
             "train_ann": str(ann_file),
             "train_images": str(image_dir),

@@ -43,6 +43,7 @@ class ModelConfig:
     level: float | str = "H0"  # "H0" … "H-4" or a compound coefficient φ
     num_joints: int = 17
     tag_per_joint: bool = True
+    hr_init: str = "released"  # or "he": the HR part initialised like the backbone (from scratch)
 
 
 @dataclass
@@ -328,6 +329,10 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         fail("model.level", f"= {config.model.level!r} is not a level: {err}")
     if config.model.num_joints < 1:
         fail("model.num_joints", f"must be >= 1, got {config.model.num_joints}")
+    from keras_ehrnet.blocks import HR_INITS
+
+    if config.model.hr_init not in HR_INITS:
+        fail("model.hr_init", f"must be one of {HR_INITS}, got {config.model.hr_init!r}")
     d = config.data
     if d.input_size <= 0 or d.input_size % 32:
         fail("data.input_size", f"must be a positive multiple of 32, got {d.input_size}")

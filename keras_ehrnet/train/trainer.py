@@ -243,7 +243,10 @@ class Trainer:
                 from keras_ehrnet.model import build_model
 
                 model = build_model(
-                    c.model.level, num_joints=c.model.num_joints, tag_per_joint=c.model.tag_per_joint
+                    c.model.level,
+                    num_joints=c.model.num_joints,
+                    tag_per_joint=c.model.tag_per_joint,
+                    hr_init=c.model.hr_init,
                 )
             self.model = model
             if c.train.init and not self._resume_checkpoint():

@@ -578,3 +578,13 @@ def test_overfit_benchmark_trains_and_scores_what_it_shows(tmp_path, view, scale
     assert len(json.loads((tmp_path / "history.json").read_text())) == metrics["steps"]
     with pytest.raises(ValueError, match="view must be one of"):
         overfit(ann, image_dir, tmp_path / "x", view="sideways")
+
+
+def test_the_config_chooses_the_hr_initialisation(tmp_path):
+    values = tiny_config(tmp_path, model={"level": "H-4", "num_joints": J, "hr_init": "he"})
+    trainer = Trainer(config_from_dict(values), dataset_fn=synthetic_dataset_fn(*synthetic_arrays()))
+    assert trainer.model.hr_init == "he"
+    kernel = trainer.model.get_layer("stage2_module0_branch0_block0_1_conv").kernel.numpy()
+    assert kernel.std() > 0.01  # He, not the released N(0, 0.001)
+    with pytest.raises(ConfigError, match="model.hr_init"):
+        config_from_dict(tiny_config(tmp_path, model={"hr_init": "zeros"}))

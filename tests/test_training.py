@@ -588,3 +588,22 @@ def test_the_config_chooses_the_hr_initialisation(tmp_path):
     assert kernel.std() > 0.01  # He, not the released N(0, 0.001)
     with pytest.raises(ConfigError, match="model.hr_init"):
         config_from_dict(tiny_config(tmp_path, model={"hr_init": "zeros"}))
+
+
+@pytest.mark.parametrize("ignore_padding", [True, False])
+def test_the_config_says_whether_the_letterbox_border_counts_in_the_loss(ignore_padding):
+    from keras_ehrnet.data import sample_dataset
+    from keras_ehrnet.train import CocoTrainData
+
+    ann, image_dir = sample_dataset()
+    data = {"train_ann": str(ann), "train_images": str(image_dir), "input_size": 64, "batch_size": 1}
+    data.update(scale_type="long", max_rotation=0.0, min_scale=1.0, max_scale=1.0, max_translate=0.0)
+    data.update(flip_prob=0.0, ignore_padding=ignore_padding)
+    loader = CocoTrainData(config_from_dict({"data": data}), global_batch=1)
+    images, targets = next(iter(loader(tf.distribute.InputContext(), 0)))
+    black = tf.reduce_all(tf.equal(images[0], 0.0), axis=-1).numpy()
+    border = black.all(axis=1)[:, None] | black.all(axis=0)[None, :]  # whole black rows/columns
+    assert 0.1 < border.mean() < 0.5  # the whole image fits, letterboxed
+    half_border = border[0::2, 0::2] & border[1::2, 1::2]
+    mask = targets["mask_half"][0].numpy()
+    assert np.all(mask[half_border] == (0 if ignore_padding else 1))

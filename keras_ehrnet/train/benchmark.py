@@ -189,7 +189,8 @@ def overfit(
 
     `view` says what the network sees of each image, in training and scoring alike:
     "whole" letterboxes the whole image into the R×R input (training scale type "long")
-    and scores at that fixed R×R input, so every annotated person is trained on;
+    and scores at that fixed R×R input, so every annotated person is trained on (and the
+    loss covers the black borders, which the scoring shows the network);
     "crop" trains on the centred square at short side R (the paper's crop when no
     augmentation is drawn) and scores at short side R, where people outside that
     square are scored but were never seen (17 % of coco-mini's visible keypoints).
@@ -216,6 +217,8 @@ def overfit(
             "batch_size": batch_size,
             "cache": True,
             "scale_type": "long" if view == "whole" else "short",
+            # scored letterboxed: the borders must be learnt as empty, not left to chance
+            "ignore_padding": view != "whole",
             **(augment or {}),
         },
         "optimizer": {

@@ -64,6 +64,9 @@ class DataConfig:
     max_scale: float = 1.5
     scale_type: str = "short"
     max_translate: float = 40.0
+    # the loss ignores the black border beyond the image (as the reference); False teaches
+    # the network that borders hold nobody, for models that will see letterboxed inputs
+    ignore_padding: bool = True
     skip_invalid: bool = False
     cache: bool = False
     # left/right keypoint pairs swapped by horizontal flips (training and flip test), as names

@@ -118,6 +118,7 @@ class CocoTrainData:
             skip_invalid=d.skip_invalid,
             max_people=d.max_people,
             sigma=d.sigma,
+            ignore_padding=d.ignore_padding,
             input_context=ctx,
         )
 

@@ -68,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-epochs", type=float)
     parser.add_argument("--clip-norm", type=float, help="clip the global gradient norm")
     parser.add_argument("--val-every", type=int, help="validate every N epochs")
-    parser.add_argument("--checkpoint-every", type=int, help="checkpoint every N steps (and at the end of every checkpoint.every_epochs epochs)")
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="checkpoint every N steps (and at the end of every checkpoint.every_epochs epochs)",
+    )
     parser.add_argument(
         "--resume", action="store_true", default=None, help="continue from the workdir's last checkpoint"
     )

@@ -171,9 +171,9 @@ def overfit(
     out_dir: str | os.PathLike,
     *,
     level: str = "H-4",
-    input_size: int = 256,
+    input_size: int = 224,
     batch_size: int = 4,
-    epochs: int = 300,
+    epochs: int = 240,
     minutes: float | None = 30.0,
     learning_rate: float = 1e-3,
     augment: dict[str, float] | None = None,
@@ -182,7 +182,7 @@ def overfit(
     val_every: int = 0,
     progress: bool = True,
     view: str = "whole",
-    hr_init: str = "released",
+    hr_init: str = "he",
     model_fn: Callable | None = None,
 ) -> dict[str, Any]:
     """Train `level` on a small keypoint set and report COCO AP on those images before and after.

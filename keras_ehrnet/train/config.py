@@ -398,7 +398,10 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         fail("train.strategy", f"must be one of {STRATEGIES}, got {t.strategy!r}")
     ck = config.checkpoint
     if ck.every_steps < 1 or ck.every_epochs < 1 or ck.keep < 1:
-        fail("checkpoint.every_steps/every_epochs/keep", f"must be >= 1, got {ck.every_steps}/{ck.every_epochs}/{ck.keep}")
+        fail(
+            "checkpoint.every_steps/every_epochs/keep",
+            f"must be >= 1, got {ck.every_steps}/{ck.every_epochs}/{ck.keep}",
+        )
     if config.logging.every_steps < 1 or config.logging.images_every_steps < 0:
         fail("logging.every_steps/images_every_steps", "must be >= 1 / >= 0")
     v = config.validation

@@ -168,8 +168,8 @@ class Predictor:
     `input_size`: the short side R of the network input (default: the model's native
     size, or the size an artefact was exported at), or a fixed (height, width) that every
     image is fitted inside, centred (letterbox), as an artefact exported at that size is
-    served; use it to score a Keras model exactly as its fixed-size export will run. `flip`: flip test. `scales`:
-    multi-scale test (must include 1.0). `flip_index`/`joint_order`: for joint sets
+    served; use it to score a Keras model exactly as its fixed-size export will run.
+    `flip`: flip test. `scales`: multi-scale test (must include 1.0). `flip_index`/`joint_order`: for joint sets
     other than COCO's. Other keyword arguments set `DecodeConfig` fields
     (thresholds, refinement …). `min_score`: people scoring below are dropped.
     """

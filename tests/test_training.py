@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -333,6 +334,19 @@ def test_step_decay_at_epoch_boundaries_with_warmup():
     assert StepDecayWarmup.from_config(warm.get_config()).get_config() == warm.get_config()
 
 
+def test_a_scaled_schedule_follows_its_multiplier_while_it_changes():
+    from keras_ehrnet.train.schedules import ScaledSchedule
+
+    multiplier = tf.Variable(1.0, trainable=False)
+    scaled = ScaledSchedule(StepDecayWarmup(1e-3, steps_per_epoch=10, step_epochs=[2]), multiplier)
+    read = tf.function(lambda step: scaled(step))  # traced once, must still see later values
+    np.testing.assert_allclose([float(read(0)), float(read(25))], [1e-3, 1e-4], rtol=1e-6)
+    multiplier.assign(0.1)
+    np.testing.assert_allclose([float(read(0)), float(read(25))], [1e-4, 1e-5], rtol=1e-5)
+    again = ScaledSchedule.from_config(scaled.get_config())
+    np.testing.assert_allclose(float(again(25)), 1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["decoupled", "none"])
 def test_weight_decay_spares_biases_and_batchnorm(mode):
     model = tiny_model()
@@ -400,6 +414,35 @@ def test_checkpoints_best_model_and_logs(tmp_path):
     assert {"train/loss", "train/push", "train/learning_rate", "val/AP", "train/heatmaps"} <= tags
     with pytest.raises(FileExistsError, match="--resume"):
         tiny_trainer(tmp_path).fit()  # never overwrite a finished run by accident
+
+
+def test_the_learning_rate_can_be_scaled_from_another_thread(tmp_path):
+    trainer = tiny_trainer(tmp_path, train={"epochs": 2})
+    worker = threading.Thread(target=trainer.scale_learning_rate, args=(0.1,))
+    worker.start()
+    worker.join()
+    result = trainer.fit()
+    np.testing.assert_allclose([row["lr"] for row in result.history], 1e-3, rtol=1e-6)  # 1e-2 × 0.1
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive number"):
+            trainer.scale_learning_rate(bad)
+
+
+def test_each_epochs_iterator_is_released_off_the_training_thread(tmp_path, monkeypatch):
+    import keras_ehrnet.train.trainer as trainer_module
+
+    handed = []
+
+    def spy(held):
+        handed.append(held)
+        return real(held)
+
+    real = trainer_module._retire
+    monkeypatch.setattr(trainer_module, "_retire", spy)
+    result = tiny_trainer(tmp_path, train={"epochs": 3}).fit()
+    assert result.epoch == 3 and len(handed) == 2  # the first two epochs' iterators
+    assert all(held == [] for held in handed)  # dropped, and joined before fit returned
+    assert not any(t.name == "ehrnet-retire-iterator" and t.is_alive() for t in threading.enumerate())
 
 
 def test_epoch_checkpoints_every_n_epochs_and_at_the_last(tmp_path):
@@ -576,8 +619,34 @@ def test_overfit_benchmark_trains_and_scores_what_it_shows(tmp_path, view, scale
     assert metrics["after"]["images"] == metrics["images"]
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((tmp_path / "history.json").read_text())) == metrics["steps"]
+    assert metrics["config"]["optimizer"]["lr_steps"] == [1, 1] and "of 2 epochs" in metrics["lr_steps"]
     with pytest.raises(ValueError, match="view must be one of"):
         overfit(ann, image_dir, tmp_path / "x", view="sideways")
+    with pytest.raises(ValueError, match="epochs, minutes or both"):
+        overfit(ann, image_dir, tmp_path / "y", epochs=None, minutes=None)
+
+
+def test_overfit_benchmark_without_epochs_trains_for_its_time_budget(tmp_path):
+    from keras_ehrnet.data import sample_dataset
+    from keras_ehrnet.train.benchmark import overfit
+
+    ann, image_dir = sample_dataset()
+    metrics = overfit(
+        ann,
+        image_dir,
+        tmp_path,
+        input_size=64,
+        batch_size=2,
+        epochs=None,
+        minutes=0.02,
+        flip_test=False,
+        progress=False,
+        model_fn=lambda: tiny_model(17),
+    )
+    assert metrics["stopped_by_time_limit"] and metrics["steps"] >= 1
+    # no epoch-based steps: the rate steps at 80 % and 93 % of the 1.2 s instead
+    assert metrics["config"]["optimizer"]["lr_steps"] == [] and "of 0.02 minutes" in metrics["lr_steps"]
+    assert (tmp_path / "run" / "final.keras").is_file()
 
 
 def test_the_config_chooses_the_hr_initialisation(tmp_path):

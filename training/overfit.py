@@ -45,8 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", default="H-4")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--epochs", type=int, default=240, help="LR steps ×0.1 at 80 %% and 93 %% of them")
-    p.add_argument("--minutes", type=float, default=30.0, help="training time cap (0: none)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="train this many epochs, LR ×0.1 at 80 %% and 93 %% of them (default: as many as --minutes allows, "
+        "LR ×0.1 at 80 %% and 93 %% of the minutes)",
+    )
+    p.add_argument(
+        "--minutes", type=float, default=30.0, help="training time budget (0: none, needs --epochs)"
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--augment", choices=sorted(AUGMENT), default="none", help="augmentation ranges")
     p.add_argument(
@@ -80,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     from keras_ehrnet.train.benchmark import overfit
     from keras_ehrnet.train.config import parse_override
 
+    if args.epochs is None and not args.minutes:
+        print("error: --minutes 0 needs --epochs", file=sys.stderr)
+        return 2
     for path in (args.ann, args.images):
         if not path.exists():
             print(f"error: not found: {path}", file=sys.stderr)

@@ -173,7 +173,7 @@ def overfit(
     level: str = "H-4",
     input_size: int = 224,
     batch_size: int = 4,
-    epochs: int = 240,
+    epochs: int | None = None,
     minutes: float | None = 30.0,
     learning_rate: float = 1e-3,
     augment: dict[str, float] | None = None,
@@ -197,6 +197,10 @@ def overfit(
     `hr_init` initialises the HR part ("released" or "he", see `keras_ehrnet.blocks.hr_init`).
     `model_fn` replaces the level's model (tests).
 
+    The learning rate steps ×0.1 at 80 % and 93 % of `epochs` when given, else of the time
+    budget `minutes` (training then runs until the budget ends, whatever the machine's speed,
+    and still gets its low-rate finish).
+
     Writes into `out_dir`: the training workdir (`run/`, with final.keras), `metrics.json`,
     `loss.png` and `history.json`. `minutes` caps the training time (the run then stops as on
     SIGTERM, with a checkpoint, and is evaluated as it stands). `val_every` > 0 also scores
@@ -206,6 +210,10 @@ def overfit(
 
     if view not in OVERFIT_VIEWS:
         raise ValueError(f"view must be one of {OVERFIT_VIEWS}, got {view!r}")
+    if epochs is None and minutes is None:
+        raise ValueError("give epochs, minutes or both: with neither the run would never end")
+    lr_by_time = epochs is None
+    milestones = (0.8, 0.93)  # of the epochs or of the time budget
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     values = {
@@ -223,9 +231,9 @@ def overfit(
         },
         "optimizer": {
             "learning_rate": learning_rate,
-            "lr_steps": [max(1, int(epochs * 0.8)), max(1, int(epochs * 0.93))],
+            "lr_steps": [] if lr_by_time else [max(1, int(epochs * m)) for m in milestones],
         },
-        "train": {"epochs": epochs, "workdir": str(out / "run"), "strategy": "default"},
+        "train": {"epochs": epochs or 10**6, "workdir": str(out / "run"), "strategy": "default"},
         # a checkpoint costs seconds: at every epoch of a few dozen images it would take a third of the time
         "checkpoint": {"every_steps": 500, "every_epochs": 50, "keep": 2},
         "logging": {"progress": progress, "every_steps": 10, "images_every_steps": 200},
@@ -261,16 +269,20 @@ def overfit(
     )
 
     before = score(trainer.model, "before")
-    timer = None
+    timers = []
     if minutes is not None:
-        timer = threading.Timer(minutes * 60.0, trainer.request_stop)
+        timers.append(threading.Timer(minutes * 60.0, trainer.request_stop))
+        if lr_by_time:
+            for k, m in enumerate(milestones, start=1):
+                timers.append(threading.Timer(m * minutes * 60.0, trainer.scale_learning_rate, (0.1**k,)))
+    for timer in timers:
         timer.daemon = True
         timer.start()
     started = time.perf_counter()
     try:
         result: TrainResult = trainer.fit()
     finally:
-        if timer is not None:
+        for timer in timers:
             timer.cancel()
     train_seconds = time.perf_counter() - started
     after = score(trainer.model, "after")
@@ -282,6 +294,8 @@ def overfit(
         "view": view,
         "images": len(image_ids),
         "image_ids": image_ids,
+        "lr_steps": f"x0.1 at {', '.join(f'{m:.0%}' for m in milestones)} of "
+        + (f"{minutes:g} minutes" if lr_by_time else f"{epochs} epochs"),
         "epochs_done": result.epoch,
         "steps": result.step,
         "stopped_by_time_limit": result.interrupted,

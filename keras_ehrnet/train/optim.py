@@ -21,7 +21,7 @@ import math
 import keras
 
 from keras_ehrnet.train.config import OptimizerConfig
-from keras_ehrnet.train.schedules import StepDecayWarmup
+from keras_ehrnet.train.schedules import ScaledSchedule, StepDecayWarmup
 
 
 def decayed_variables(model: keras.Model) -> list:
@@ -54,13 +54,18 @@ def build_optimizer(
     steps_per_epoch: int,
     *,
     loss_scaling: bool = False,
+    lr_multiplier=None,
 ) -> keras.optimizers.Optimizer:
     """Adam/AdamW on the schedule, wrapped in a dynamic LossScaleOptimizer for float16.
+
+    `lr_multiplier` (a scalar tf.Variable) scales the scheduled rate while training runs.
 
     Build it inside the strategy scope; it is built on `model.trainable_variables` here so that
     checkpoints can restore its slots straight away.
     """
     schedule = make_schedule(config, steps_per_epoch)
+    if lr_multiplier is not None:
+        schedule = ScaledSchedule(schedule, lr_multiplier)
     common = dict(learning_rate=schedule, beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.epsilon)
     if config.weight_decay_mode == "decoupled" and config.weight_decay > 0:
         optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)

@@ -56,3 +56,31 @@ class StepDecayWarmup(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "warmup_start_factor": self.warmup_start_factor,
         }
+
+
+@keras.saving.register_keras_serializable(package="keras_ehrnet")
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule(step) · multiplier`, where `multiplier` is a variable that can be changed while
+    training runs (for example to step the rate on a wall-clock budget rather than on epochs).
+
+    Serialises with the multiplier's current value.
+    """
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, multiplier):
+        if isinstance(schedule, dict):
+            schedule = keras.optimizers.schedules.deserialize(schedule)
+        self.schedule = schedule
+        if not isinstance(multiplier, tf.Variable):
+            multiplier = tf.Variable(
+                float(multiplier), trainable=False, dtype=tf.float32, name="lr_multiplier"
+            )
+        self.multiplier = multiplier
+
+    def __call__(self, step):
+        return self.schedule(step) * tf.cast(self.multiplier, tf.float32)
+
+    def get_config(self) -> dict:
+        return {
+            "schedule": keras.optimizers.schedules.serialize(self.schedule),
+            "multiplier": float(self.multiplier.numpy()),
+        }

@@ -676,3 +676,14 @@ def test_the_config_says_whether_the_letterbox_border_counts_in_the_loss(ignore_
     half_border = border[0::2, 0::2] & border[1::2, 1::2]
     mask = targets["mask_half"][0].numpy()
     assert np.all(mask[half_border] == (0 if ignore_padding else 1))
+
+
+def test_overfit_command_needs_epochs_or_minutes(tmp_path, capsys):
+    from training.overfit import build_parser, main
+
+    args = build_parser().parse_args(["--out", str(tmp_path)])
+    assert (args.epochs, args.minutes) == (None, 30.0)  # by default: the time budget, LR steps on the clock
+    assert main(["--out", str(tmp_path), "--minutes", "0"]) == 2
+    assert "--minutes 0 needs --epochs" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--epochs", "1", "--ann", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json" in capsys.readouterr().err

@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=int,
         default=None,
-        help="train this many epochs, LR ×0.1 at 80 %% and 93 %% of them (default: as many as --minutes allows, "
-        "LR ×0.1 at 80 %% and 93 %% of the minutes)",
+        help="train this many epochs (default: as many as --minutes allows); the LR steps ×0.1 at 80 %% "
+        "and 93 %% of the epochs, or of the minutes when no --epochs",
     )
     p.add_argument(
         "--minutes", type=float, default=30.0, help="training time budget (0: none, needs --epochs)"

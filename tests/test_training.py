@@ -296,6 +296,8 @@ def test_overrides_and_command_line():
             "m.keras",
             "--lr",
             "5e-4",
+            "--ema-momentum",
+            "0.99",
             "--set",
             "data.sigma=3",
         ]
@@ -305,6 +307,7 @@ def test_overrides_and_command_line():
     assert (config.train.epochs, config.data.batch_size, config.data.input_size) == (7, 3, 256)
     assert config.train.resume and config.train.freeze_backbone and config.train.init == "m.keras"
     assert (config.optimizer.learning_rate, config.data.sigma) == (5e-4, 3.0)
+    assert config.optimizer.ema_momentum == 0.99 and base.optimizer.ema_momentum is None
     with pytest.raises(ConfigError, match="input_size"):
         apply_overrides(base, {"data.input_size": 250})
 
@@ -443,6 +446,53 @@ def test_each_epochs_iterator_is_released_off_the_training_thread(tmp_path, monk
     assert result.epoch == 3 and len(handed) == 2  # the first two epochs' iterators
     assert all(held == [] for held in handed)  # dropped, and joined before fit returned
     assert not any(t.name == "ehrnet-retire-iterator" and t.is_alive() for t in threading.enumerate())
+
+
+def test_averaged_weights_are_validated_saved_and_checkpointed(tmp_path):
+    m = 0.5
+    seen = []
+    trainer = tiny_trainer(
+        tmp_path,
+        evaluate_fn=lambda model: seen.append([v.numpy() for v in model.trainable_variables]) or {"AP": 0.1},
+        optimizer={"ema_momentum": m},
+        train={"epochs": 2},
+        validation={"every_epochs": 1},
+    )
+    trained, step = [], trainer._train_step
+
+    def recording_step(*args):
+        out = step(*args)
+        trained.append([v.numpy() for v in trainer.model.trainable_variables])
+        return out
+
+    trainer._train_step = recording_step
+    result = trainer.fit()
+    expected, average = [], None
+    for weights in trained:  # Keras' EMA: the first step copies, then a ← m·a + (1 − m)·w
+        average = weights if average is None else [m * a + (1 - m) * w for a, w in zip(average, weights)]
+        expected.append(average)
+    steps = trainer.steps_per_epoch
+    for seen_weights, at in zip(seen, (steps - 1, 2 * steps - 1), strict=True):
+        for got, want in zip(seen_weights, expected[at]):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # the trained weights come back after each use, and differ from the average
+    for got, want in zip(trainer.model.trainable_variables, trained[-1]):
+        np.testing.assert_array_equal(got.numpy(), want)
+    assert max(np.abs(a - w).max() for a, w in zip(expected[-1], trained[-1])) > 1e-4
+    final = keras.saving.load_model(result.final_model)
+    for got, want in zip(final.trainable_variables, expected[-1]):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    resumed = tiny_trainer(tmp_path, optimizer={"ema_momentum": m}, train={"epochs": 2, "resume": True})
+    resumed.fit()  # restores the finished run's checkpoint, with the average, and trains no further
+    with resumed.averaged_weights() as averaged:
+        assert averaged
+        for got, want in zip(resumed.model.trainable_variables, expected[-1]):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    with tiny_trainer(tmp_path / "plain").averaged_weights() as averaged:
+        assert not averaged
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="ema_momentum"):
+            config_from_dict(tiny_config(tmp_path, optimizer={"ema_momentum": bad}))
 
 
 def test_epoch_checkpoints_every_n_epochs_and_at_the_last(tmp_path):

@@ -32,6 +32,7 @@ FLAGS: dict[str, str] = {
     "weight_decay": "optimizer.weight_decay",
     "warmup_epochs": "optimizer.warmup_epochs",
     "clip_norm": "optimizer.clip_norm",
+    "ema_momentum": "optimizer.ema_momentum",
     "val_every": "validation.every_epochs",
     "checkpoint_every": "checkpoint.every_steps",
 }
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--warmup-epochs", type=float)
     parser.add_argument("--clip-norm", type=float, help="clip the global gradient norm")
+    parser.add_argument(
+        "--ema-momentum",
+        type=float,
+        help="keep a moving average of the weights (e.g. 0.99) for validation and saving",
+    )
     parser.add_argument("--val-every", type=int, help="validate every N epochs")
     parser.add_argument(
         "--checkpoint-every",

@@ -285,7 +285,8 @@ def overfit(
         for timer in timers:
             timer.cancel()
     train_seconds = time.perf_counter() - started
-    after = score(trainer.model, "after")
+    with trainer.averaged_weights():  # the weights final.keras holds
+        after = score(trainer.model, "after")
     history = result.history
     rates = [row["images_per_sec"] for row in history[1:]]
     metrics = {

@@ -99,6 +99,9 @@ class OptimizerConfig:
     warmup_epochs: float = 0.0
     warmup_start_factor: float = 0.001
     clip_norm: float | None = None  # clip the global gradient norm (after all-reduce)
+    # keep an exponential moving average of the weights (Keras' use_ema); validation, best.keras
+    # and final.keras then use the averaged weights. null: off
+    ema_momentum: float | None = None
 
 
 @dataclass
@@ -384,6 +387,8 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         )
     if o.clip_norm is not None and o.clip_norm <= 0:
         fail("optimizer.clip_norm", f"must be > 0 or null, got {o.clip_norm}")
+    if o.ema_momentum is not None and not 0 < o.ema_momentum < 1:
+        fail("optimizer.ema_momentum", f"must be in (0, 1) or null, got {o.ema_momentum}")
     t = config.train
     if t.epochs < 1:
         fail("train.epochs", f"must be >= 1, got {t.epochs}")

@@ -58,6 +58,9 @@ def build_optimizer(
 ) -> keras.optimizers.Optimizer:
     """Adam/AdamW on the schedule, wrapped in a dynamic LossScaleOptimizer for float16.
 
+    With `config.ema_momentum` the optimizer also keeps a moving average of the weights
+    (Keras' `use_ema`; see `Trainer.averaged_weights`).
+
     `lr_multiplier` (a scalar tf.Variable) scales the scheduled rate while training runs.
 
     Build it inside the strategy scope; it is built on `model.trainable_variables` here so that
@@ -67,6 +70,8 @@ def build_optimizer(
     if lr_multiplier is not None:
         schedule = ScaledSchedule(schedule, lr_multiplier)
     common = dict(learning_rate=schedule, beta_1=config.beta_1, beta_2=config.beta_2, epsilon=config.epsilon)
+    if config.ema_momentum is not None:
+        common.update(use_ema=True, ema_momentum=config.ema_momentum)
     if config.weight_decay_mode == "decoupled" and config.weight_decay > 0:
         optimizer = keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
         keep = {id(v) for v in decayed_variables(model)}

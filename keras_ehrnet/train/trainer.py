@@ -21,7 +21,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -444,6 +444,24 @@ class Trainer:
             raise ValueError(f"learning-rate factor must be a positive number, got {factor!r}")
         self.lr_multiplier.assign(float(factor))
 
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[bool]:
+        """Inside, the model holds the optimizer's moving average of its weights (when
+        optimizer.ema_momentum is set; yields whether it does); the trained weights come back
+        on leaving. Validation, best.keras and final.keras go through here."""
+        optimizer = self._inner_optimizer
+        if not getattr(optimizer, "use_ema", False):
+            yield False
+            return
+        variables = self.model.trainable_variables
+        trained = [tf.identity(v) for v in variables]
+        optimizer.finalize_variable_values(variables)
+        try:
+            yield True
+        finally:
+            for variable, value in zip(variables, trained):
+                variable.assign(value)
+
     def request_stop(self, signum: int = signal.SIGTERM) -> None:
         """Ask the loop to checkpoint and return after the current step (as SIGTERM does)."""
         self._stop_signal = signum
@@ -455,7 +473,8 @@ class Trainer:
         if self.chief:
             self._print(f"validating after epoch {epoch} …")
             try:
-                metrics = dict(self.evaluate_fn(self.model))
+                with self.averaged_weights():
+                    metrics = dict(self.evaluate_fn(self.model))
             except Exception as err:  # a long run should not die of its evaluation
                 self._print(f"epoch {epoch}: validation failed, training goes on: {err!r}")
                 result.validation.append({"epoch": epoch, "step": global_step, "error": repr(err)})
@@ -475,7 +494,8 @@ class Trainer:
             remove_scratch(self.write_dir, self.workdir)
         elif self.save_models:
             path = self.workdir / "best.keras"
-            self.model.save(path)
+            with self.averaged_weights():
+                self.model.save(path)
             result.best_model = path
             self._print(f"new best AP {ap:.4f}: {path}")
         return True
@@ -585,7 +605,8 @@ class Trainer:
             result.epoch, result.step, result.checkpoint = epoch, global_step, self.manager.latest_checkpoint
             if self.chief and self.save_models:
                 path = self.workdir / "final.keras"
-                self.model.save(path)
+                with self.averaged_weights():
+                    self.model.save(path)
                 result.final_model = path
                 self._print(f"saved {path}")
             best = float(self._state["best_ap"].numpy())

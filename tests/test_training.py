@@ -663,6 +663,9 @@ def test_overfit_benchmark_trains_and_scores_what_it_shows(tmp_path, view, scale
     kwargs = dict(input_size=64, batch_size=2, epochs=2, minutes=None, flip_test=False, progress=False)
     metrics = overfit(ann, image_dir, tmp_path, view=view, model_fn=lambda: tiny_model(17), **kwargs)
     assert metrics["view"] == view and metrics["config"]["data"]["scale_type"] == scale_type
+    data = metrics["config"]["data"]  # no augmentation unless asked for
+    assert data["flip_prob"] == data["max_rotation"] == data["max_translate"] == 0.0
+    assert data["min_scale"] == data["max_scale"] == 1.0
     assert metrics["epochs_done"] == 2 and metrics["steps"] == 2 * (metrics["images"] // 2) > 0
     for key in ("AP_before", "AP_after"):
         assert 0.0 <= metrics[key] <= 1.0

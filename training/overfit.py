@@ -16,7 +16,7 @@ from pathlib import Path
 # the real images beside the repository (../shared/data/coco-mini), as in the project layout
 COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-mini"
 AUGMENT = {
-    "none": {"max_rotation": 0.0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.0},
+    "none": None,  # the library default: keras_ehrnet.train.benchmark.NO_AUGMENTATION
     "flip": {"max_rotation": 0.0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.5},
     # the test-time scale, shifted so that people beyond the centred square are seen too
     "shift": {

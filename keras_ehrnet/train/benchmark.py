@@ -163,6 +163,14 @@ def _rendered_once(data: CocoTrainData, seed: int):
 
 
 OVERFIT_VIEWS = ("whole", "crop")
+# The overfitting benchmark's default: every pass shows the same pixels.
+NO_AUGMENTATION = {
+    "max_rotation": 0.0,
+    "min_scale": 1.0,
+    "max_scale": 1.0,
+    "max_translate": 0.0,
+    "flip_prob": 0.0,
+}
 
 
 def overfit(
@@ -195,7 +203,8 @@ def overfit(
     augmentation is drawn) and scores at short side R, where people outside that
     square are scored but were never seen (17 % of coco-mini's visible keypoints).
     `hr_init` initialises the HR part ("released" or "he", see `keras_ehrnet.blocks.hr_init`).
-    `model_fn` replaces the level's model (tests).
+    `augment` sets data.* augmentation ranges; by default there is none (`NO_AUGMENTATION`),
+    as in `python -m training.overfit`. `model_fn` replaces the level's model (tests).
 
     The learning rate steps ×0.1 at 80 % and 93 % of `epochs` when given, else of the time
     budget `minutes` (training then runs until the budget ends, whatever the machine's speed,
@@ -227,7 +236,7 @@ def overfit(
             "scale_type": "long" if view == "whole" else "short",
             # scored letterboxed: the borders must be learnt as empty, not left to chance
             "ignore_padding": view != "whole",
-            **(augment or {}),
+            **(NO_AUGMENTATION if augment is None else augment),
         },
         "optimizer": {
             "learning_rate": learning_rate,

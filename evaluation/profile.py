@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         row = profile_level(level, args, threads)
         rows.append(row)
         k = row.get("keras_ms")
-        extra = f", Keras {k['median_ms']:.1f} ms median (foreign CPU {k['foreign_cpu_frac']})" if k else ""
+        extra = (
+            f", Keras {k['median_ms']:.1f} ms median (foreign CPU {k['foreign_cpu_frac']}, steal {k['cpu_steal_frac']})"
+            if k
+            else ""
+        )
         if "ref_here_torch_eager_ms" in row:
             extra += f", reference PyTorch eager {row['ref_here_torch_eager_ms']['median_ms']:.1f} ms"
         elif "ref_here_skipped" in row:

@@ -27,6 +27,7 @@ class LatencyStats:
     runs: int
     warmup: int
     foreign_cpu_frac: float | None = None  # share of machine CPU used by other processes meanwhile
+    cpu_steal_frac: float | None = None  # share the VM host took for other guests meanwhile
 
     @property
     def fps(self) -> float:
@@ -50,13 +51,12 @@ def time_callable(
         raise ValueError(f"runs must be ≥ 1, got {runs}")
     for _ in range(warmup):
         fn()
-    before = _cpu_snapshot()
     times = []
-    for _ in range(runs):
-        t0 = clock()
-        fn()
-        times.append((clock() - t0) * 1000.0)
-    after = _cpu_snapshot()
+    with CpuMeter() as meter:
+        for _ in range(runs):
+            t0 = clock()
+            fn()
+            times.append((clock() - t0) * 1000.0)
     times_sorted = sorted(times)
     return LatencyStats(
         median_ms=statistics.median(times),
@@ -66,33 +66,93 @@ def time_callable(
         mean_ms=statistics.fmean(times),
         runs=runs,
         warmup=warmup,
-        foreign_cpu_frac=_foreign_fraction(before, after),
+        **meter.result(),
     )
 
 
-def _cpu_snapshot() -> tuple[float, float, float] | None:
-    """(machine busy seconds, machine total seconds, this process's CPU seconds) from /proc."""
+@dataclasses.dataclass(frozen=True)
+class CpuTimes:
+    """Machine-wide CPU seconds from /proc/stat, and this process's own CPU seconds."""
+
+    busy: float  # user, nice, system, irq, softirq: work done inside this machine
+    steal: float  # taken by the hypervisor for other guests (a contended VM host)
+    total: float
+    own: float
+
+
+def cpu_times(
+    stat_path: str | os.PathLike = "/proc/stat", process_time: Callable[[], float] = time.process_time
+) -> CpuTimes | None:
+    """A snapshot of the machine's CPU accounting; None where /proc/stat is missing (not Linux)."""
     try:
-        with open("/proc/stat") as f:
+        with open(stat_path) as f:
             fields = [float(x) for x in f.readline().split()[1:]]
         tick = os.sysconf("SC_CLK_TCK")
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
-        total = sum(fields[:8])
-        own = time.process_time()
-        return ((total - idle) / tick, total / tick, own)
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, AttributeError):
         return None
+    if len(fields) < 4:
+        return None
+    fields += [0.0] * (8 - len(fields))
+    user, nice, system, idle, iowait, irq, softirq, steal = fields[:8]
+    return CpuTimes(
+        busy=(user + nice + system + irq + softirq) / tick,
+        steal=steal / tick,
+        total=(user + nice + system + idle + iowait + irq + softirq + steal) / tick,
+        own=process_time(),
+    )
 
 
-def _foreign_fraction(before, after) -> float | None:
-    if before is None or after is None:
-        return None
-    busy = after[0] - before[0]
-    total = after[1] - before[1]
-    own = after[2] - before[2]
-    if total <= 0:
-        return None
-    return round(max(0.0, busy - own) / total, 4)
+class CpuMeter:
+    """What else used this machine's CPU while a measurement ran.
+
+    `foreign_cpu_frac`: the share of all CPU time that other processes used;
+    `cpu_steal_frac`: the share the VM host took away for other guests. Either above
+    ~0.1 means a timed figure (images/s, a time-budgeted run) is not this machine's.
+    Use as a context manager; `result()` is None for each where /proc/stat is missing.
+    """
+
+    def __init__(
+        self,
+        stat_path: str | os.PathLike = "/proc/stat",
+        process_time: Callable[[], float] = time.process_time,
+    ):
+        self._read = lambda: cpu_times(stat_path, process_time)
+        self.start: CpuTimes | None = None
+        self.end: CpuTimes | None = None
+
+    def __enter__(self) -> CpuMeter:
+        self.start, self.end = self._read(), None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end = self._read()
+
+    def result(self) -> dict[str, float | None]:
+        a, b = self.start, self.end
+        if a is None or b is None or b.total <= a.total:
+            return {"foreign_cpu_frac": None, "cpu_steal_frac": None}
+        total = b.total - a.total
+        foreign = max(0.0, (b.busy - a.busy) - (b.own - a.own))
+        return {
+            "foreign_cpu_frac": round(min(1.0, foreign / total), 4),
+            "cpu_steal_frac": round(min(1.0, (b.steal - a.steal) / total), 4),
+        }
+
+    def warning(self, threshold: float = 0.1) -> str | None:
+        """A sentence for the reader when other work took more than `threshold` of the CPU."""
+        r = self.result()
+        parts = []
+        if (r["cpu_steal_frac"] or 0.0) > threshold:
+            parts.append(f"the VM host took {r['cpu_steal_frac']:.0%} of this machine's CPU (steal)")
+        if (r["foreign_cpu_frac"] or 0.0) > threshold:
+            parts.append(f"other processes used {r['foreign_cpu_frac']:.0%} of it")
+        if not parts:
+            return None
+        return (
+            "while this was timed "
+            + " and ".join(parts)
+            + ": the timed figures are lower than this machine's"
+        )
 
 
 def configure_threads(num_threads: int | None) -> int:

@@ -8,6 +8,7 @@ import pytest
 from conftest import cached_model
 
 from keras_ehrnet.benchmarking import (
+    CpuMeter,
     Skipped,
     floor_ms,
     latency_markdown,
@@ -29,6 +30,36 @@ def test_time_callable_statistics_with_a_scripted_clock():
     assert stats.fps == pytest.approx(1000 / 3.5)
     with pytest.raises(ValueError, match="runs"):
         time_callable(lambda: None, runs=0)
+
+
+def test_cpu_meter_separates_other_processes_from_the_vm_hosts_steal(tmp_path):
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    #             user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  1000 0 200 5000 100 0 0 300 0 0\ncpu0 1 2 3 4\n")
+    own = iter([10.0, 10.0 + 250 / tick])  # this process: 250 ticks of CPU meanwhile
+    meter = CpuMeter(stat, process_time=lambda: next(own))
+    with meter:
+        stat.write_text("cpu  1400 0 300 5100 100 0 0 900 0 0\n")
+    # 400 + 100 ticks of busy time, 250 of them ours; 600 ticks of steal; 1200 ticks in all
+    assert meter.result() == {"foreign_cpu_frac": round(250 / 1200, 4), "cpu_steal_frac": 0.5}
+    warning = meter.warning()
+    assert "50%" in warning and "steal" in warning and "21%" in warning
+    assert meter.warning(threshold=0.6) is None
+
+    quiet = CpuMeter(stat, process_time=lambda: 0.0)
+    with quiet:
+        stat.write_text("cpu  1500 0 300 5200 100 0 0 900 0 0\n")  # no steal; busy, none of it ours
+    assert quiet.result() == {"foreign_cpu_frac": 0.5, "cpu_steal_frac": 0.0}
+    assert "steal" not in quiet.warning() and "other processes used 50%" in quiet.warning()
+
+    missing = CpuMeter(tmp_path / "no-such-stat")
+    with missing:
+        pass
+    assert missing.result() == {"foreign_cpu_frac": None, "cpu_steal_frac": None}
+    assert missing.warning() is None
 
 
 def test_floor_is_two_flops_per_mac():

@@ -646,6 +646,7 @@ def test_throughput_and_loss_plot(tmp_path):
     row = measure_throughput(input_size=R, batch_size=2, steps=3, warmup=1, model_fn=tiny_model, num_joints=J)
     assert row["steps_timed"] == 3 and row["images_per_sec"] > 0 and row["input_size"] == R
     assert np.isfinite(row["final_loss"])
+    assert 0.0 <= row["cpu_steal_frac"] <= 1.0 and 0.0 <= row["foreign_cpu_frac"] <= 1.0  # Linux
     history = [
         {"step": s, "loss": 1.0 / s, "heatmaps_quarter": 0.5 / s, "push": 1e-3, "pull": 1e-4}
         for s in range(1, 120)
@@ -667,8 +668,9 @@ def test_overfit_benchmark_trains_and_scores_what_it_shows(tmp_path, view, scale
     assert data["flip_prob"] == data["max_rotation"] == data["max_translate"] == 0.0
     assert data["min_scale"] == data["max_scale"] == 1.0
     assert metrics["epochs_done"] == 2 and metrics["steps"] == 2 * (metrics["images"] // 2) > 0
-    for key in ("AP_before", "AP_after"):
+    for key in ("AP_before", "AP_after", "foreign_cpu_frac", "cpu_steal_frac"):  # Linux: /proc/stat
         assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["cpu_warning"] is None or "timed figures are lower" in metrics["cpu_warning"]
     assert metrics["after"]["images"] == metrics["images"]
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((tmp_path / "history.json").read_text())) == metrics["steps"]
@@ -677,6 +679,9 @@ def test_overfit_benchmark_trains_and_scores_what_it_shows(tmp_path, view, scale
         overfit(ann, image_dir, tmp_path / "x", view="sideways")
     with pytest.raises(ValueError, match="epochs, minutes or both"):
         overfit(ann, image_dir, tmp_path / "y", epochs=None, minutes=None)
+    for bad in ((0.9, 0.5), (0.5, 1.0), (0.0,), (0.5, 0.5)):
+        with pytest.raises(ValueError, match="lr_milestones must rise strictly"):
+            overfit(ann, image_dir, tmp_path / "z", lr_milestones=bad)
 
 
 def test_overfit_benchmark_without_epochs_trains_for_its_time_budget(tmp_path):
@@ -694,11 +699,13 @@ def test_overfit_benchmark_without_epochs_trains_for_its_time_budget(tmp_path):
         minutes=0.02,
         flip_test=False,
         progress=False,
+        lr_milestones=(0.5, 0.75),
         model_fn=lambda: tiny_model(17),
     )
     assert metrics["stopped_by_time_limit"] and metrics["steps"] >= 1
-    # no epoch-based steps: the rate steps at 80 % and 93 % of the 1.2 s instead
-    assert metrics["config"]["optimizer"]["lr_steps"] == [] and "of 0.02 minutes" in metrics["lr_steps"]
+    # no epoch-based steps: the rate steps at 50 % and 75 % of the 1.2 s instead
+    assert metrics["config"]["optimizer"]["lr_steps"] == []
+    assert metrics["lr_steps"] == "x0.1 at 50%, 75% of 0.02 minutes"
     assert (tmp_path / "run" / "final.keras").is_file()
 
 
@@ -736,7 +743,10 @@ def test_overfit_command_needs_epochs_or_minutes(tmp_path, capsys):
 
     args = build_parser().parse_args(["--out", str(tmp_path)])
     assert (args.epochs, args.minutes) == (None, 30.0)  # by default: the time budget, LR steps on the clock
+    assert args.lr_milestones == [0.8, 0.93]
     assert main(["--out", str(tmp_path), "--minutes", "0"]) == 2
     assert "--minutes 0 needs --epochs" in capsys.readouterr().err
+    assert main(["--out", str(tmp_path), "--lr-milestones", "0.9", "0.6"]) == 2
+    assert "--lr-milestones must rise strictly" in capsys.readouterr().err
     assert main(["--out", str(tmp_path), "--epochs", "1", "--ann", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err

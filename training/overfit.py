@@ -49,8 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=int,
         default=None,
-        help="train this many epochs (default: as many as --minutes allows); the LR steps ×0.1 at 80 %% "
-        "and 93 %% of the epochs, or of the minutes when no --epochs",
+        help="train this many epochs (default: as many as --minutes allows); the LR steps ×0.1 at "
+        "--lr-milestones of the epochs, or of the minutes when no --epochs",
+    )
+    p.add_argument(
+        "--lr-milestones",
+        type=float,
+        nargs="+",
+        default=[0.8, 0.93],
+        metavar="FRACTION",
+        help="where the LR steps ×0.1 each time, as fractions of the epochs or minutes (default: 0.8 0.93)",
     )
     p.add_argument(
         "--minutes", type=float, default=30.0, help="training time budget (0: none, needs --epochs)"
@@ -91,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is None and not args.minutes:
         print("error: --minutes 0 needs --epochs", file=sys.stderr)
         return 2
+    m = args.lr_milestones
+    if any(not 0.0 < x < 1.0 for x in m) or m != sorted(set(m)):
+        print(f"error: --lr-milestones must rise strictly, each between 0 and 1, got {m}", file=sys.stderr)
+        return 2
     for path in (args.ann, args.images):
         if not path.exists():
             print(f"error: not found: {path}", file=sys.stderr)
@@ -113,15 +125,26 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             view=args.view,
             hr_init=args.hr_init,
+            lr_milestones=args.lr_milestones,
         )
     except (ConfigError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     shown = {
         k: metrics[k]
-        for k in ("AP_before", "AP_after", "epochs_done", "steps", "train_minutes", "images_per_sec_median")
+        for k in (
+            "AP_before",
+            "AP_after",
+            "epochs_done",
+            "steps",
+            "train_minutes",
+            "images_per_sec_median",
+            "cpu_steal_frac",
+        )
     }
     print(json.dumps(shown, indent=1))
+    if metrics["cpu_warning"]:
+        print(f"warning: {metrics['cpu_warning']}; compare step counts, not minutes", file=sys.stderr)
     print(f"written: {args.out / 'metrics.json'}, {args.out / 'loss.png'}")
     return 0
 

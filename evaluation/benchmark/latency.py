@@ -115,7 +115,7 @@ def bench_level(model, args, threads: int, workdir: Path, floor_gflops: float) -
             print(
                 f"  {row['level']} {runtime:<20} {stats.median_ms:8.1f} ms median  p90 {stats.p90_ms:7.1f}  "
                 f"({entry['x_floor']}× floor{', ' + str(entry['ratio_vs_ref_ort']) + '× ref ORT' if ref_ort else ''}; "
-                f"foreign CPU {stats.foreign_cpu_frac})",
+                f"foreign CPU {stats.foreign_cpu_frac}, steal {stats.cpu_steal_frac})",
                 flush=True,
             )
         except Skipped as exc:

@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['first_step_seconds']:>11.1f}",
             flush=True,
         )
+        if row["cpu_warning"]:
+            print(f"warning: {level}: {row['cpu_warning']}", file=sys.stderr, flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"device": device, "results": rows}, indent=1))

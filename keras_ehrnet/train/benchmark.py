@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_ehrnet.benchmarking import CpuMeter
 from keras_ehrnet.train.config import TrainConfig, apply_overrides, config_from_dict
 from keras_ehrnet.train.trainer import CocoTrainData, Trainer, TrainResult
 
@@ -95,7 +96,8 @@ def measure_throughput(
         started = time.perf_counter()
         trainer = Trainer(config, strategy=strategy, model_fn=model_fn, dataset_fn=dataset_fn)
         trainer.save_models = False
-        result = trainer.fit()
+        with CpuMeter() as meter:
+            result = trainer.fit()
         total = time.perf_counter() - started
     rates = [row["images_per_sec"] for row in result.history[warmup:]]
     seconds = [global_batch / r for r in rates]
@@ -111,6 +113,8 @@ def measure_throughput(
         "first_step_seconds": float(global_batch / result.history[0]["images_per_sec"]),
         "total_seconds": total,
         "final_loss": float(result.history[-1]["loss"]),
+        **meter.result(),
+        "cpu_warning": meter.warning(),
     }
 
 
@@ -191,6 +195,7 @@ def overfit(
     progress: bool = True,
     view: str = "whole",
     hr_init: str = "he",
+    lr_milestones: Sequence[float] = (0.8, 0.93),
     model_fn: Callable | None = None,
 ) -> dict[str, Any]:
     """Train `level` on a small keypoint set and report COCO AP on those images before and after.
@@ -206,9 +211,9 @@ def overfit(
     `augment` sets data.* augmentation ranges; by default there is none (`NO_AUGMENTATION`),
     as in `python -m training.overfit`. `model_fn` replaces the level's model (tests).
 
-    The learning rate steps ×0.1 at 80 % and 93 % of `epochs` when given, else of the time
-    budget `minutes` (training then runs until the budget ends, whatever the machine's speed,
-    and still gets its low-rate finish).
+    The learning rate steps ×0.1 at each of `lr_milestones` (fractions, by default 80 % and
+    93 %) of `epochs` when given, else of the time budget `minutes` (training then runs until
+    the budget ends, whatever the machine's speed, and still gets its low-rate finish).
 
     Writes into `out_dir`: the training workdir (`run/`, with final.keras), `metrics.json`,
     `loss.png` and `history.json`. `minutes` caps the training time (the run then stops as on
@@ -221,8 +226,10 @@ def overfit(
         raise ValueError(f"view must be one of {OVERFIT_VIEWS}, got {view!r}")
     if epochs is None and minutes is None:
         raise ValueError("give epochs, minutes or both: with neither the run would never end")
+    milestones = tuple(float(m) for m in lr_milestones)  # of the epochs or of the time budget
+    if any(not 0.0 < m < 1.0 for m in milestones) or list(milestones) != sorted(set(milestones)):
+        raise ValueError(f"lr_milestones must rise strictly, each in (0, 1), got {list(lr_milestones)}")
     lr_by_time = epochs is None
-    milestones = (0.8, 0.93)  # of the epochs or of the time budget
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     values = {
@@ -289,7 +296,8 @@ def overfit(
         timer.start()
     started = time.perf_counter()
     try:
-        result: TrainResult = trainer.fit()
+        with CpuMeter() as meter:  # a time-budgeted result depends on what else ran
+            result: TrainResult = trainer.fit()
     finally:
         for timer in timers:
             timer.cancel()
@@ -311,6 +319,8 @@ def overfit(
         "stopped_by_time_limit": result.interrupted,
         "train_minutes": train_seconds / 60.0,
         "images_per_sec_median": float(np.median(rates)) if rates else None,
+        **meter.result(),
+        "cpu_warning": meter.warning(),
         "loss_first": history[0]["loss"] if history else None,
         "loss_last_epoch_mean": float(np.mean([r["loss"] for r in history[-trainer.steps_per_epoch :]]))
         if history

@@ -93,15 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from keras_ehrnet.train import ConfigError
-    from keras_ehrnet.train.benchmark import overfit
+    from keras_ehrnet.train.benchmark import check_lr_milestones, overfit
     from keras_ehrnet.train.config import parse_override
 
     if args.epochs is None and not args.minutes:
         print("error: --minutes 0 needs --epochs", file=sys.stderr)
         return 2
-    m = args.lr_milestones
-    if any(not 0.0 < x < 1.0 for x in m) or m != sorted(set(m)):
-        print(f"error: --lr-milestones must rise strictly, each between 0 and 1, got {m}", file=sys.stderr)
+    try:
+        check_lr_milestones(args.lr_milestones)
+    except ValueError:
+        print(
+            f"error: --lr-milestones must rise strictly, each between 0 and 1, got {args.lr_milestones}",
+            file=sys.stderr,
+        )
         return 2
     for path in (args.ann, args.images):
         if not path.exists():

@@ -177,6 +177,14 @@ NO_AUGMENTATION = {
 }
 
 
+def check_lr_milestones(values: Sequence[float]) -> tuple[float, ...]:
+    """The overfit benchmark's LR-step fractions, checked: strictly rising, each in (0, 1)."""
+    milestones = tuple(float(m) for m in values)
+    if any(not 0.0 < m < 1.0 for m in milestones) or list(milestones) != sorted(set(milestones)):
+        raise ValueError(f"lr_milestones must rise strictly, each in (0, 1), got {list(values)}")
+    return milestones
+
+
 def overfit(
     ann_file: str | os.PathLike,
     image_dir: str | os.PathLike,
@@ -226,9 +234,7 @@ def overfit(
         raise ValueError(f"view must be one of {OVERFIT_VIEWS}, got {view!r}")
     if epochs is None and minutes is None:
         raise ValueError("give epochs, minutes or both: with neither the run would never end")
-    milestones = tuple(float(m) for m in lr_milestones)  # of the epochs or of the time budget
-    if any(not 0.0 < m < 1.0 for m in milestones) or list(milestones) != sorted(set(milestones)):
-        raise ValueError(f"lr_milestones must rise strictly, each in (0, 1), got {list(lr_milestones)}")
+    milestones = check_lr_milestones(lr_milestones)  # of the epochs or of the time budget
     lr_by_time = epochs is None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

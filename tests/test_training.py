@@ -750,3 +750,63 @@ def test_overfit_command_needs_epochs_or_minutes(tmp_path, capsys):
     assert "--lr-milestones must rise strictly" in capsys.readouterr().err
     assert main(["--out", str(tmp_path), "--epochs", "1", "--ann", str(tmp_path / "missing.json")]) == 2
     assert "missing.json" in capsys.readouterr().err
+
+
+def _overfit_metrics(ap_curve, steps, ap_after, ap_before=0.0):
+    return {"AP_before": ap_before, "AP_after": ap_after, "steps": steps, "AP_curve": ap_curve}
+
+
+def test_ap_points_and_learning_rate_changes_come_from_the_run_records():
+    from keras_ehrnet.train.benchmark import ap_points, lr_change_steps
+
+    curve = [{"epoch": 60, "step": 540, "AP": 0.1}, {"epoch": 120, "step": 1080, "AP": 0.25}]
+    assert ap_points(_overfit_metrics(curve, 1200, 0.3)) == [(0, 0.0), (540, 0.1), (1080, 0.25), (1200, 0.3)]
+    # a run that ends on a validation step: the final score is the point there, not a duplicate
+    assert ap_points(_overfit_metrics(curve, 1080, 0.26))[-2:] == [(540, 0.1), (1080, 0.26)]
+    history = [{"step": s, "lr": 1e-3 if s < 5 else 1e-4 if s < 9 else 1e-5} for s in range(1, 12)]
+    assert lr_change_steps(history) == [5, 9]
+    assert lr_change_steps([{"step": 1, "lr": 1e-3}, {"step": 2, "lr": 1.0000001e-3}]) == []
+
+
+def test_the_loss_plot_gains_an_ap_panel_and_survives_zero_terms(tmp_path):
+    from matplotlib.image import imread
+
+    from keras_ehrnet.train import plot_losses
+
+    history = [
+        {"step": s, "loss": 1.0 / s, "heatmaps_quarter": 0.5 / s, "push": 0.0, "pull": 1e-4, "lr": 1e-3}
+        for s in range(1, 120)
+    ]
+    two = imread(plot_losses(history, tmp_path / "two.png"))
+    three = imread(
+        plot_losses(history, tmp_path / "three.png", ap_curve=[(0, 0.0), (119, 0.4)], ap_target=0.5)
+    )
+    assert three.shape[0] == two.shape[0] and three.shape[1] == pytest.approx(1.5 * two.shape[1], rel=0.01)
+
+
+def test_compare_command_tables_and_plots_runs_by_step(tmp_path, capsys):
+    from matplotlib.image import imread
+
+    from training.compare import main
+
+    for name, curve, steps, after in (
+        ("short", [{"step": 540, "AP": 0.1}], 900, 0.2),
+        ("long", [{"step": 540, "AP": 0.12}, {"step": 1080, "AP": 0.3}], 1500, 0.45),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(_overfit_metrics(curve, steps, after)))
+    png = tmp_path / "ap.png"
+    assert main([str(tmp_path / "short"), str(tmp_path / "long" / "metrics.json"), "--out", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "short: 900 steps" in out and "AP by step  0: 0.000  540: 0.120  1080: 0.300  1500: 0.450" in out
+    assert imread(png).ndim == 3
+    assert main([str(tmp_path / "short"), "--out", str(png), "--labels", "a", "b"]) == 2
+    assert "2 labels for 1 runs" in capsys.readouterr().err
+    assert main([str(tmp_path / "nowhere"), "--out", str(png)]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text("{not json")
+    assert main([str(tmp_path / "bad.json"), "--out", str(png)]) == 2
+    assert "bad.json: not valid JSON" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"AP": 0.3}))
+    assert main([str(tmp_path / "other.json"), "--out", str(png)]) == 2
+    assert "no AP_before, AP_after, steps" in capsys.readouterr().err

@@ -5,7 +5,7 @@ config = load_config("training/configs/H-4.yaml", ["data.train_ann=ann.json", "d
 result = train(config)  # or Trainer(config, strategy=..., dataset_fn=...).fit()
 """
 
-from keras_ehrnet.train.benchmark import measure_throughput, overfit, plot_losses
+from keras_ehrnet.train.benchmark import measure_throughput, overfit, plot_ap_curves, plot_losses
 from keras_ehrnet.train.config import (
     CheckpointConfig,
     ConfigError,
@@ -70,6 +70,7 @@ __all__ = [
     "make_strategy",
     "measure_throughput",
     "overfit",
+    "plot_ap_curves",
     "plot_losses",
     "train",
 ]

@@ -3,7 +3,7 @@
 `measure_throughput` times the real training step (forward, both losses, backward, Adam) on
 an in-memory batch, so the figure is the network's, not the input pipeline's.
 `overfit` trains on a small COCO-format set and scores COCO AP on the same images before and
-after; `plot_losses` draws the loss curve.
+after; `plot_losses` draws its loss and AP curves, `plot_ap_curves` compares runs by step.
 """
 
 from __future__ import annotations
@@ -118,8 +118,62 @@ def measure_throughput(
     }
 
 
-def plot_losses(history: Sequence[dict], path: str | os.PathLike, title: str = "training loss") -> Path:
-    """PNG of the total loss and its terms per step (log scale), with a moving average."""
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over `window` values (the first window - 1 values are dropped)."""
+    return np.convolve(values, np.ones(window) / window, mode="valid") if window > 1 else values
+
+
+def lr_change_steps(history: Sequence[dict]) -> list[int]:
+    """Steps at which the logged learning rate changed (where a curve is expected to bend)."""
+    return [
+        int(row["step"])
+        for prev, row in zip(history, history[1:])
+        if "lr" in row and not np.isclose(row["lr"], prev["lr"], rtol=1e-3)
+    ]
+
+
+def ap_points(metrics: dict[str, Any]) -> list[tuple[int, float]]:
+    """(step, AP) of an overfit run: before training (step 0), each validation, and the end."""
+    points = {0: float(metrics["AP_before"])} if metrics.get("AP_before") is not None else {}
+    for row in metrics.get("AP_curve") or []:
+        if row.get("step") is not None and row.get("AP") is not None:
+            points[int(row["step"])] = float(row["AP"])
+    if metrics.get("AP_after") is not None and metrics.get("steps") is not None:
+        points[int(metrics["steps"])] = float(metrics["AP_after"])
+    return sorted(points.items())
+
+
+def load_overfit_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """An overfit run's metrics.json (given itself or its folder), checked to hold AP figures."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no overfit metrics at {path}")
+    try:
+        metrics = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    missing = [
+        k for k in ("AP_before", "AP_after", "steps") if not isinstance(metrics, dict) or k not in metrics
+    ]
+    if missing:
+        raise ValueError(f"{path}: not the metrics of `python -m training.overfit` (no {', '.join(missing)})")
+    return metrics
+
+
+def plot_losses(
+    history: Sequence[dict],
+    path: str | os.PathLike,
+    title: str = "training loss",
+    ap_curve: Sequence[tuple[int, float]] | None = None,
+    ap_target: float | None = None,
+) -> Path:
+    """PNG of the loss and its terms per step (log scales), and of AP per step when `ap_curve` is given.
+
+    The terms are drawn as moving averages on a log scale (single steps of the push term are
+    often exactly 0); dotted lines mark the steps where the learning rate changed.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,20 +181,89 @@ def plot_losses(history: Sequence[dict], path: str | os.PathLike, title: str = "
 
     path = Path(path)
     steps = np.array([row["step"] for row in history])
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    panels = 3 if ap_curve else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
     loss = np.array([row["loss"] for row in history])
-    axes[0].plot(steps, loss, color="0.75", lw=0.8, label="loss per step")
     window = max(1, len(loss) // 50)
+    axes[0].plot(steps, loss, color="0.75", lw=0.8, label="loss per step")
     if window > 1:
-        smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-        axes[0].plot(steps[window - 1 :], smooth, color="C0", lw=1.8, label=f"moving average ({window})")
-    axes[0].set(xlabel="step", ylabel="loss", title=title)
-    axes[0].legend()
+        axes[0].plot(
+            steps[window - 1 :],
+            _moving_average(loss, window),
+            color="C0",
+            lw=1.8,
+            label=f"moving average ({window})",
+        )
+    axes[0].set(xlabel="step", ylabel="loss", yscale="log", title=title)
     for i, name in enumerate(("heatmaps_quarter", "heatmaps_half", "push", "pull", "l2")):
         if history and name in history[0]:
-            axes[1].plot(steps, [row[name] for row in history], lw=0.9, color=f"C{i}", label=name)
-    axes[1].set(xlabel="step", ylabel="weighted term", yscale="log", title="loss terms")
-    axes[1].legend()
+            term = _moving_average(np.array([row[name] for row in history], dtype=float), window)
+            if np.any(term > 0):
+                axes[1].plot(steps[len(steps) - len(term) :], term, lw=1.2, color=f"C{i}", label=name)
+    axes[1].set(
+        xlabel="step",
+        ylabel="weighted term" + (f" (moving average of {window})" if window > 1 else ""),
+        yscale="log",
+        title="loss terms",
+    )
+    if ap_curve:
+        x, ap = zip(*ap_curve)
+        axes[2].plot(x, ap, "o-", color="C3", label="COCO AP")
+        for step, value in ap_curve:
+            axes[2].annotate(
+                f"{value:.3f}",
+                (step, value),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=8,
+            )
+        if ap_target is not None:
+            axes[2].axhline(ap_target, color="0.4", ls="--", lw=1, label=f"target {ap_target:g}")
+        axes[2].set(
+            xlabel="step",
+            ylabel="AP",
+            ylim=(0, max(max(ap), ap_target or 0) * 1.15 + 0.02),
+            title="AP on the training images",
+        )
+    for step in lr_change_steps(history):
+        for ax in axes:
+            ax.axvline(step, color="0.5", ls=":", lw=1)
+    axes[0].plot([], [], color="0.5", ls=":", lw=1, label="learning rate changed")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_ap_curves(
+    runs: dict[str, Sequence[tuple[int, float]]],
+    path: str | os.PathLike,
+    ap_target: float | None = None,
+    title: str = "AP on the training images",
+) -> Path:
+    """PNG of several runs' (step, AP) curves on one axis, to compare recipes by step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not runs:
+        raise ValueError("no runs to plot")
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (label, curve) in enumerate(runs.items()):
+        if not curve:
+            raise ValueError(f"run {label!r} has no AP points")
+        x, ap = zip(*curve)
+        ax.plot(x, ap, "o-", color=f"C{i}", label=f"{label} (end {ap[-1]:.3f})")
+    if ap_target is not None:
+        ax.axhline(ap_target, color="0.4", ls="--", lw=1, label=f"target {ap_target:g}")
+    ax.set(xlabel="training step", ylabel="COCO AP", title=title, ylim=(0, None))
+    ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -167,6 +290,7 @@ def _rendered_once(data: CocoTrainData, seed: int):
 
 
 OVERFIT_VIEWS = ("whole", "crop")
+OVERFIT_AP_TARGET = 0.5  # the issue's bar for the 30-minute overfitting run, drawn on its plots
 # The overfitting benchmark's default: every pass shows the same pixels.
 NO_AUGMENTATION = {
     "max_rotation": 0.0,
@@ -341,7 +465,13 @@ def overfit(
     }
     (out / "history.json").write_text(json.dumps(history))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    plot_losses(history, out / "loss.png", f"{level} at {input_size} overfitting {len(image_ids)} images")
+    plot_losses(
+        history,
+        out / "loss.png",
+        f"{level} at {input_size} overfitting {len(image_ids)} images",
+        ap_curve=ap_points(metrics),
+        ap_target=OVERFIT_AP_TARGET,
+    )
     if result.final_model is None:  # stopped by the time limit: keep the model anyway
         trainer.model.save(out / "run" / "final.keras")
         metrics["final_model"] = str(out / "run" / "final.keras")

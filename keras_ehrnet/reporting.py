@@ -100,7 +100,7 @@ def report_markdown(rows: list[dict], runtimes: list[str], watts: float, machine
 
 def plot_ap_vs_gmacs(rows: list[dict], path: str | Path) -> Path:
     """Fig. 1 of the paper: AP against multiply-adds (log scale), paper points and ours."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for name, p in PAPER_PEERS.items():
         ax.scatter(p["gflops"], p["ap"], marker="s", color="grey")
@@ -140,12 +140,12 @@ def plot_ap_vs_gmacs(rows: list[dict], path: str | Path) -> Path:
     ax.set_title("Accuracy against computation (bottom-up methods)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_latency(latency: dict, path: str | Path, machine: str = "") -> Path:
     """Grouped bars: median batch-1 latency per runtime for each level (log scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     levels = list(latency)
     runtimes = sorted({rt for per in latency.values() for rt, ms in per.items() if ms})
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runtimes) * len(levels) / 2), 4.5), dpi=120)
@@ -160,10 +160,11 @@ def plot_latency(latency: dict, path: str | Path, machine: str = "") -> Path:
     ax.set_title(f"Latency per runtime{f' — {machine}' if machine else ''}", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: plots are written to files, never shown."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,11 +173,12 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path, dpi: float | None = None) -> Path:
+    """Lay out `fig`, write it to `path` (folders made as needed) and free it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, dpi=dpi or "figure")
     import matplotlib.pyplot as plt
 
     plt.close(fig)

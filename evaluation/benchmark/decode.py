@@ -290,11 +290,9 @@ def print_report(report: dict) -> None:
 
 def plot_crowd(report: dict, path: str | Path) -> None:
     """PNG: decode ms per image against the number of people, ours and the reference."""
-    import matplotlib
+    from keras_ehrnet.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = report["crowd"]
     people = [r["people"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
@@ -310,9 +308,7 @@ def plot_crowd(report: dict, path: str | Path) -> None:
     ax.set_title(f"Decoding vs crowd size (input {s['input_size']}, flip {'on' if s['flip'] else 'off'})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -174,12 +174,9 @@ def plot_losses(
     The terms are drawn as moving averages on a log scale (single steps of the push term are
     often exactly 0); dotted lines mark the steps where the learning rate changed.
     """
-    import matplotlib
+    from keras_ehrnet.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
+    plt = pyplot()
     steps = np.array([row["step"] for row in history])
     panels = 3 if ap_curve else 2
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5))
@@ -232,11 +229,7 @@ def plot_losses(
     axes[0].plot([], [], color="0.5", ls=":", lw=1, label="learning rate changed")
     for ax in axes:
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_ap_curves(
@@ -246,14 +239,11 @@ def plot_ap_curves(
     title: str = "AP on the training images",
 ) -> Path:
     """PNG of several runs' (step, AP) curves on one axis, to compare recipes by step."""
-    import matplotlib
+    from keras_ehrnet.reporting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     if not runs:
         raise ValueError("no runs to plot")
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (label, curve) in enumerate(runs.items()):
         if not curve:
@@ -264,11 +254,7 @@ def plot_ap_curves(
         ax.axhline(ap_target, color="0.4", ls="--", lw=1, label=f"target {ap_target:g}")
     ax.set(xlabel="training step", ylabel="COCO AP", title=title, ylim=(0, None))
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _rendered_once(data: CocoTrainData, seed: int):

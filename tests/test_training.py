@@ -766,6 +766,13 @@ def test_ap_points_and_learning_rate_changes_come_from_the_run_records():
     history = [{"step": s, "lr": 1e-3 if s < 5 else 1e-4 if s < 9 else 1e-5} for s in range(1, 12)]
     assert lr_change_steps(history) == [5, 9]
     assert lr_change_steps([{"step": 1, "lr": 1e-3}, {"step": 2, "lr": 1.0000001e-3}]) == []
+    # by images seen: steps × the run's batch size, so batch 2 and batch 4 runs line up
+    batch4 = {**_overfit_metrics(curve, 1200, 0.3), "config": {"data": {"batch_size": 4}}}
+    assert ap_points(batch4, by="images") == [(0, 0.0), (2160, 0.1), (4320, 0.25), (4800, 0.3)]
+    with pytest.raises(ValueError, match="config.data.batch_size"):
+        ap_points(_overfit_metrics(curve, 1200, 0.3), by="images")
+    with pytest.raises(ValueError, match="epoch"):
+        ap_points(batch4, by="epoch")
 
 
 def test_the_loss_plot_gains_an_ap_panel_and_survives_zero_terms(tmp_path):
@@ -810,3 +817,13 @@ def test_compare_command_tables_and_plots_runs_by_step(tmp_path, capsys):
     (tmp_path / "other.json").write_text(json.dumps({"AP": 0.3}))
     assert main([str(tmp_path / "other.json"), "--out", str(png)]) == 2
     assert "no AP_before, AP_after, steps" in capsys.readouterr().err
+    # --by images needs each run's batch size, and then scales its steps by it
+    assert main([str(tmp_path / "short"), "--by", "images", "--out", str(png)]) == 2
+    assert "short: no batch size" in capsys.readouterr().err
+    metrics = {
+        **_overfit_metrics([{"step": 540, "AP": 0.1}], 900, 0.2),
+        "config": {"data": {"batch_size": 2}},
+    }
+    (tmp_path / "b2.json").write_text(json.dumps(metrics))
+    assert main([str(tmp_path / "b2.json"), "--by", "images", "--out", str(png)]) == 0
+    assert "AP by images seen  0: 0.000  1080: 0.100  1800: 0.200" in capsys.readouterr().out

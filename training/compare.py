@@ -1,9 +1,11 @@
-"""Compare overfit runs by training step: a table and one PNG of their AP curves.
+"""Compare overfit runs by training step or images seen: a table and one PNG of their AP curves.
 
     python -m training.compare runs/overfit runs/longer --out ap_curves.png
+    python -m training.compare runs/batch4 runs/batch2 --by images --out ap_by_images.png
 
-Each RUN is a folder written by `python -m training.overfit` (or its metrics.json). Steps, not
-minutes, are compared, so runs made while the machine was shared still line up.
+Each RUN is a folder written by `python -m training.overfit` (or its metrics.json). Steps or
+images, not minutes, are compared, so runs made while the machine was shared still line up;
+`--by images` also lines up runs with different batch sizes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--labels", nargs="+", default=None, help="one label per run (default: folder names)")
     p.add_argument(
+        "--by",
+        choices=("step", "images"),
+        default="step",
+        help="x axis: training step, or images seen (step × batch; for runs with different batch sizes)",
+    )
+    p.add_argument(
         "--target", type=float, default=None, help="AP to draw as a dashed line (default: the overfit target)"
     )
     return p
@@ -29,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from keras_ehrnet.train.benchmark import (
+        AP_AXES,
         OVERFIT_AP_TARGET,
         ap_points,
         load_overfit_metrics,
@@ -46,17 +55,21 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        curves[label] = ap_points(metrics)
-        points = "  ".join(f"{step}: {ap:.3f}" for step, ap in curves[label])
+        try:
+            curves[label] = ap_points(metrics, by=args.by)
+        except ValueError as err:
+            print(f"error: {run}: {err}", file=sys.stderr)
+            return 2
+        points = "  ".join(f"{x}: {ap:.3f}" for x, ap in curves[label])
         steal = metrics.get("cpu_steal_frac")
         print(
             f"{label}: {metrics['steps']} steps, {metrics.get('train_minutes', float('nan')):.1f} min, "
             f"LR {metrics.get('lr_steps', '?')}"
             + (f", steal {steal:.2f}" if steal is not None else "")
-            + f"\n  AP by step  {points}"
+            + f"\n  AP by {AP_AXES[args.by].removeprefix('training ')}  {points}"
         )
     target = OVERFIT_AP_TARGET if args.target is None else args.target
-    print(f"written: {plot_ap_curves(curves, args.out, ap_target=target)}")
+    print(f"written: {plot_ap_curves(curves, args.out, ap_target=target, xlabel=AP_AXES[args.by])}")
     return 0
 
 

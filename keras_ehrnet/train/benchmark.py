@@ -132,14 +132,30 @@ def lr_change_steps(history: Sequence[dict]) -> list[int]:
     ]
 
 
-def ap_points(metrics: dict[str, Any]) -> list[tuple[int, float]]:
-    """(step, AP) of an overfit run: before training (step 0), each validation, and the end."""
+AP_AXES = {"step": "training step", "images": "images seen"}
+
+
+def ap_points(metrics: dict[str, Any], by: str = "step") -> list[tuple[int, float]]:
+    """(x, AP) of an overfit run: before training (x = 0), each validation, and the end.
+
+    x is the step (`by="step"`) or the number of training images seen (`by="images"`,
+    step × global batch from the run's config), which lines up runs made with different
+    batch sizes: on coco-mini they learn per image seen, not per step.
+    """
+    if by not in AP_AXES:
+        raise ValueError(f"by must be one of {tuple(AP_AXES)}, got {by!r}")
+    scale = 1
+    if by == "images":
+        batch = ((metrics.get("config") or {}).get("data") or {}).get("batch_size")
+        if not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"no batch size in the run's config (config.data.batch_size: {batch!r})")
+        scale = batch
     points = {0: float(metrics["AP_before"])} if metrics.get("AP_before") is not None else {}
     for row in metrics.get("AP_curve") or []:
         if row.get("step") is not None and row.get("AP") is not None:
-            points[int(row["step"])] = float(row["AP"])
+            points[int(row["step"]) * scale] = float(row["AP"])
     if metrics.get("AP_after") is not None and metrics.get("steps") is not None:
-        points[int(metrics["steps"])] = float(metrics["AP_after"])
+        points[int(metrics["steps"]) * scale] = float(metrics["AP_after"])
     return sorted(points.items())
 
 
@@ -237,8 +253,9 @@ def plot_ap_curves(
     path: str | os.PathLike,
     ap_target: float | None = None,
     title: str = "AP on the training images",
+    xlabel: str = AP_AXES["step"],
 ) -> Path:
-    """PNG of several runs' (step, AP) curves on one axis, to compare recipes by step."""
+    """PNG of several runs' (x, AP) curves on one axis (x from `ap_points`), to compare recipes."""
     from keras_ehrnet.reporting import pyplot, save_figure
 
     plt = pyplot()
@@ -252,7 +269,7 @@ def plot_ap_curves(
         ax.plot(x, ap, "o-", color=f"C{i}", label=f"{label} (end {ap[-1]:.3f})")
     if ap_target is not None:
         ax.axhline(ap_target, color="0.4", ls="--", lw=1, label=f"target {ap_target:g}")
-    ax.set(xlabel="training step", ylabel="COCO AP", title=title, ylim=(0, None))
+    ax.set(xlabel=xlabel, ylabel="COCO AP", title=title, ylim=(0, None))
     ax.legend(fontsize=8)
     return save_figure(fig, path, dpi=120)
 

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, default=COCO_MINI / "train2017")
     p.add_argument("--level", default="H-4")
     p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
         "--epochs",
         type=int,
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--minutes", type=float, default=30.0, help="training time budget (0: none, needs --epochs)"
     )
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--augment", choices=sorted(AUGMENT), default="none", help="augmentation ranges")
     p.add_argument(
         "--val-every", type=int, default=60, help="also score AP every N epochs (0: only at the end)"

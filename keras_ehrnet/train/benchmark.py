@@ -140,7 +140,7 @@ def ap_points(metrics: dict[str, Any], by: str = "step") -> list[tuple[int, floa
 
     x is the step (`by="step"`) or the number of training images seen (`by="images"`,
     step × global batch from the run's config), which lines up runs made with different
-    batch sizes: on coco-mini they learn per image seen, not per step.
+    batch sizes: how much a run has learnt follows the images it has seen more than its steps.
     """
     if by not in AP_AXES:
         raise ValueError(f"by must be one of {tuple(AP_AXES)}, got {by!r}")

@@ -56,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-milestones",
         type=float,
         nargs="+",
-        default=[0.8, 0.93],
+        default=[0.88, 0.96],
         metavar="FRACTION",
-        help="where the LR steps ×0.1 each time, as fractions of the epochs or minutes (default: 0.8 0.93)",
+        help="where the LR steps ×0.1 each time, as fractions of the epochs or minutes (default: 0.88 0.96)",
     )
     p.add_argument(
         "--minutes", type=float, default=30.0, help="training time budget (0: none, needs --epochs)"

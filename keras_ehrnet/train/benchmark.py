@@ -330,7 +330,7 @@ def overfit(
     progress: bool = True,
     view: str = "whole",
     hr_init: str = "he",
-    lr_milestones: Sequence[float] = (0.8, 0.93),
+    lr_milestones: Sequence[float] = (0.88, 0.96),
     model_fn: Callable | None = None,
 ) -> dict[str, Any]:
     """Train `level` on a small keypoint set and report COCO AP on those images before and after.
@@ -346,8 +346,8 @@ def overfit(
     `augment` sets data.* augmentation ranges; by default there is none (`NO_AUGMENTATION`),
     as in `python -m training.overfit`. `model_fn` replaces the level's model (tests).
 
-    The learning rate steps ×0.1 at each of `lr_milestones` (fractions, by default 80 % and
-    93 %) of `epochs` when given, else of the time budget `minutes` (training then runs until
+    The learning rate steps ×0.1 at each of `lr_milestones` (fractions, by default 88 % and
+    96 %) of `epochs` when given, else of the time budget `minutes` (training then runs until
     the budget ends, whatever the machine's speed, and still gets its low-rate finish).
 
     Writes into `out_dir`: the training workdir (`run/`, with final.keras), `metrics.json`,

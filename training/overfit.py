@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[0.88, 0.96],
         metavar="FRACTION",
-        help="where the LR steps ×0.1 each time, as fractions of the epochs or minutes (default: 0.88 0.96)",
+        help="where the LR steps ×0.1 each time, as fractions of the epochs or minutes (default: %(default)s)",
     )
     p.add_argument(
         "--minutes", type=float, default=30.0, help="training time budget (0: none, needs --epochs)"

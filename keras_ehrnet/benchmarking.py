@@ -190,6 +190,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "logical_cpus": os.cpu_count(),
         "cpu_model": _cpu_model(),
+        **_cpu_ids(),
     }
     try:
         import tensorflow as tf
@@ -209,6 +210,24 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _cpu_ids() -> dict:
+    """The CPU's family and model numbers (Linux): a model name such as "AMD EPYC" alone does not
+    tell one generation from the next, and CPU timings differ by several times between them."""
+    ids = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model") and key not in ids:
+                    ids[key] = value.strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+    except OSError:
+        return {}
+    return {"cpu_family": ids.get("cpu family"), "cpu_model_number": ids.get("model")} if ids else {}
 
 
 # --------------------------------------------------------------------------- runtimes

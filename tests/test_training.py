@@ -646,6 +646,7 @@ def test_throughput_and_loss_plot(tmp_path):
     row = measure_throughput(input_size=R, batch_size=2, steps=3, warmup=1, model_fn=tiny_model, num_joints=J)
     assert row["steps_timed"] == 3 and row["images_per_sec"] > 0 and row["input_size"] == R
     assert np.isfinite(row["final_loss"])
+    assert row["machine"]["logical_cpus"] == os.cpu_count()
     assert 0.0 <= row["cpu_steal_frac"] <= 1.0 and 0.0 <= row["foreign_cpu_frac"] <= 1.0  # Linux
     history = [
         {"step": s, "loss": 1.0 / s, "heatmaps_quarter": 0.5 / s, "push": 1e-3, "pull": 1e-4}
@@ -672,6 +673,9 @@ def test_overfit_benchmark_trains_and_scores_what_it_shows(tmp_path, view, scale
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["cpu_warning"] is None or "timed figures are lower" in metrics["cpu_warning"]
     assert metrics["after"]["images"] == metrics["images"]
+    assert metrics["machine"]["logical_cpus"] == os.cpu_count() and metrics["machine"]["cpu_model"]
+    if sys.platform == "linux" and os.uname().machine == "x86_64":  # family and model from /proc/cpuinfo
+        assert metrics["machine"]["cpu_family"].isdigit() and metrics["machine"]["cpu_model_number"].isdigit()
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert len(json.loads((tmp_path / "history.json").read_text())) == metrics["steps"]
     assert metrics["config"]["optimizer"]["lr_steps"] == [1, 1] and "of 2 epochs" in metrics["lr_steps"]

@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_steal_frac",
         )
     }
+    shown["cpu"] = f"{metrics['machine']['logical_cpus']} × {metrics['machine']['cpu_model']}"
     print(json.dumps(shown, indent=1))
     if metrics["cpu_warning"]:
         print(f"warning: {metrics['cpu_warning']}; compare step counts, not minutes", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Training images per second per level, at each level's native resolution.
 
     python -m evaluation.benchmark train                       # H0 … H-4, batch 2, float32
-    python -m evaluation.benchmark train --levels H-4 --batch-size 8 --mixed-precision bfloat16 --json out.json
+    python -m evaluation.benchmark train --levels H-4 --batch-size 8 --mixed-precision mixed_bfloat16 --json out.json
 
 Times the full training step (forward, losses, backward, Adam update) on an in-memory batch,
 so the figure is the network's. Run it on a quiet machine; the CPU count is printed with it.
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -39,13 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import tensorflow as tf
 
+    from keras_ehrnet.benchmarking import machine_info
     from keras_ehrnet.train.benchmark import measure_throughput
 
     gpus = tf.config.list_physical_devices("GPU")
+    info = machine_info()
     device = (
-        f"{len(gpus)} GPU(s)"
-        if gpus
-        else f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+        f"{len(gpus)} GPU(s)" if gpus else f"CPU, {info['logical_cpus']} logical CPUs ({info['cpu_model']})"
     )
     print(f"training throughput on {device}, batch {args.batch_size}, {args.mixed_precision}")
     print(f"{'level':>6} {'input':>6} {'img/s':>8} {'s/step':>8} {'1st step s':>11}")
@@ -69,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {level}: {row['cpu_warning']}", file=sys.stderr, flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": device, "results": rows}, indent=1))
+        args.json.write_text(json.dumps({"device": device, "machine": info, "results": rows}, indent=1))
         print(f"written: {args.json}")
     return 0
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_ehrnet.benchmarking import CpuMeter
+from keras_ehrnet.benchmarking import CpuMeter, machine_info
 from keras_ehrnet.train.config import TrainConfig, apply_overrides, config_from_dict
 from keras_ehrnet.train.trainer import CocoTrainData, Trainer, TrainResult
 
@@ -113,6 +113,7 @@ def measure_throughput(
         "first_step_seconds": float(global_batch / result.history[0]["images_per_sec"]),
         "total_seconds": total,
         "final_loss": float(result.history[-1]["loss"]),
+        "machine": machine_info(),
         **meter.result(),
         "cpu_warning": meter.warning(),
     }
@@ -451,6 +452,8 @@ def overfit(
         "steps": result.step,
         "stopped_by_time_limit": result.interrupted,
         "train_minutes": train_seconds / 60.0,
+        # a time-budgeted result is the CPU's as much as the recipe's
+        "machine": machine_info(),
         "images_per_sec_median": float(np.median(rates)) if rates else None,
         **meter.result(),
         "cpu_warning": meter.warning(),

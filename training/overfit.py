@@ -1,6 +1,6 @@
 """Overfit a small real keypoint set and score COCO AP on it before and after (evidence it learns).
 
-    python -m training.overfit --out runs/overfit    # H-4 at 224 on coco-mini, ≤ 30 min, AP every 60 epochs
+    python -m training.overfit --out runs/overfit    # H-4 at 256 on coco-mini, ≤ 30 min, AP every 60 epochs
 
 Writes OUT/metrics.json (AP before/after, epochs, images/s), OUT/loss.png, OUT/history.json and
 the training workdir OUT/run (final.keras, checkpoints, TensorBoard).
@@ -43,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ann", type=Path, default=COCO_MINI / "annotations" / "person_keypoints_train2017.json")
     p.add_argument("--images", type=Path, default=COCO_MINI / "train2017")
     p.add_argument("--level", default="H-4")
-    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=256,
+        help="R: each image is letterboxed into R×R (default: %(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
         "--epochs",

@@ -319,7 +319,7 @@ def overfit(
     out_dir: str | os.PathLike,
     *,
     level: str = "H-4",
-    input_size: int = 224,
+    input_size: int = 256,
     batch_size: int = 8,
     epochs: int | None = None,
     minutes: float | None = 30.0,

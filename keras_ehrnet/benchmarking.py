@@ -184,14 +184,20 @@ def keras_infer_fn(model, input_size: tuple[int, int], *, batch: int = 1, xla: b
 
 
 def machine_info() -> dict:
-    """CPU model, logical cores, Python and TensorFlow versions, for every benchmark report."""
+    """CPU model, logical cores, Python and TensorFlow versions, for every benchmark report.
+
+    On Linux also the CPU's family and model numbers: a model name such as "AMD EPYC" alone does
+    not tell one generation from the next, and CPU timings differ by several times between them.
+    """
+    cpu = _first_cpuinfo_block()
     info = {
         "machine": platform.machine(),
         "python": platform.python_version(),
         "logical_cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        **_cpu_ids(),
+        "cpu_model": cpu.get("model name") or platform.processor() or "unknown",
     }
+    if "cpu family" in cpu or "model" in cpu:
+        info.update(cpu_family=cpu.get("cpu family"), cpu_model_number=cpu.get("model"))
     try:
         import tensorflow as tf
 
@@ -201,33 +207,19 @@ def machine_info() -> dict:
     return info
 
 
-def _cpu_model() -> str:
+def _first_cpuinfo_block() -> dict[str, str]:
+    """The first processor's `key: value` lines of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _cpu_ids() -> dict:
-    """The CPU's family and model numbers (Linux): a model name such as "AMD EPYC" alone does not
-    tell one generation from the next, and CPU timings differ by several times between them."""
-    ids = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model") and key not in ids:
-                    ids[key] = value.strip()
-                if not line.strip():  # the first processor's block is enough
+                if not line.strip():
                     break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         return {}
-    return {"cpu_family": ids.get("cpu family"), "cpu_model_number": ids.get("model")} if ids else {}
+    return fields
 
 
 # --------------------------------------------------------------------------- runtimes

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--input-size",
         type=int,
         default=256,
-        help="R: each image is letterboxed into R×R (default: %(default)s)",
+        help="R, the input size: R×R letterboxed (--view whole) or short side R (--view crop) (default: %(default)s)",
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(

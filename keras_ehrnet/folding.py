@@ -30,6 +30,7 @@ def fold_batchnorm(model: EfficientHRNet) -> EfficientHRNet:
         tag_per_joint=model.tag_per_joint,
         fold_batchnorm=True,
         hr_init=model.hr_init,
+        drop_connect_rate=model.drop_connect_rate,
         name=model.name,
     )
     bn_of_conv = {}

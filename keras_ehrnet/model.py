@@ -7,7 +7,7 @@ from keras import layers
 
 from keras_ehrnet import blocks
 from keras_ehrnet.backbone import _input_shape, efficientnet_features, pixel_normalization
-from keras_ehrnet.scaling import EHRNetConfig, LevelLike, get_config
+from keras_ehrnet.scaling import DROP_CONNECT_RATE, EHRNetConfig, LevelLike, get_config
 
 OUTPUT_NAMES = ("quarter", "half")
 
@@ -70,6 +70,8 @@ class EfficientHRNet(keras.Model):
 
     `fold_batchnorm=True` builds the inference twin without BatchNorm layers (see
     `keras_ehrnet.folding.fold_batchnorm`, which fills it from a trained model).
+    `drop_connect_rate` is the backbone's stochastic depth in training (the released 0.2 by
+    default; 0 leaves the Dropout layers out, e.g. to overfit a small set). Inference ignores it.
     """
 
     def __init__(
@@ -81,9 +83,12 @@ class EfficientHRNet(keras.Model):
         tag_per_joint: bool = True,
         fold_batchnorm: bool = False,
         hr_init: str = "released",
+        drop_connect_rate: float = DROP_CONNECT_RATE,
         **kwargs,
     ):
-        config = get_config(level, num_joints=num_joints, tag_per_joint=tag_per_joint)
+        config = get_config(
+            level, num_joints=num_joints, tag_per_joint=tag_per_joint, drop_connect_rate=drop_connect_rate
+        )
         with blocks.folded_batchnorm(bool(fold_batchnorm)), blocks.hr_init(hr_init):
             inputs, outputs = _build_graph(config, input_size)
         kwargs.setdefault("name", f"efficienthrnet_{config.name}")
@@ -94,6 +99,7 @@ class EfficientHRNet(keras.Model):
         self.tag_per_joint = tag_per_joint
         self.fold_batchnorm = bool(fold_batchnorm)
         self.hr_init = hr_init
+        self.drop_connect_rate = config.drop_connect_rate
         self.config = config
 
     def get_config(self) -> dict:
@@ -106,6 +112,7 @@ class EfficientHRNet(keras.Model):
             "tag_per_joint": self.tag_per_joint,
             "fold_batchnorm": self.fold_batchnorm,
             "hr_init": self.hr_init,
+            "drop_connect_rate": self.drop_connect_rate,
         }
 
     @classmethod
@@ -123,6 +130,7 @@ def build_model(
     input_size: int | tuple[int, int] | None = None,
     tag_per_joint: bool = True,
     hr_init: str = "released",
+    drop_connect_rate: float = DROP_CONNECT_RATE,
 ) -> EfficientHRNet:
     """Build EfficientHRNet for a level ("H0", "H-1" … "H-4") or a compound coefficient φ.
 
@@ -131,7 +139,13 @@ def build_model(
     randomly initialised as in the released code; nothing is downloaded.
     `hr_init="he"` initialises the HR part's conv + BatchNorm pairs like the backbone's
     (He) instead of N(0, 0.001): faster training from scratch (see `blocks.hr_init`).
+    `drop_connect_rate` sets the backbone's stochastic depth in training (released: 0.2).
     """
     return EfficientHRNet(
-        level, num_joints=num_joints, input_size=input_size, tag_per_joint=tag_per_joint, hr_init=hr_init
+        level,
+        num_joints=num_joints,
+        input_size=input_size,
+        tag_per_joint=tag_per_joint,
+        hr_init=hr_init,
+        drop_connect_rate=drop_connect_rate,
     )

@@ -163,10 +163,12 @@ class EHRNetConfig:
         *,
         num_joints: int = 17,
         tag_per_joint: bool = True,
+        drop_connect_rate: float = DROP_CONNECT_RATE,
     ) -> EHRNetConfig:
         name, phi = parse_level(level)
         if isinstance(num_joints, bool) or not isinstance(num_joints, int) or num_joints < 1:
             raise ValueError(f"num_joints must be an integer ≥ 1, got {num_joints!r}.")
+        check_drop_connect_rate(drop_connect_rate)
         width_mult = 1.1**phi
         depth_mult = 1.2**phi
         stages = tuple(
@@ -197,6 +199,7 @@ class EHRNetConfig:
             deconv_blocks=DECONV_BLOCKS,
             num_joints=num_joints,
             tag_per_joint=bool(tag_per_joint),
+            drop_connect_rate=float(drop_connect_rate),
         )
 
     @property
@@ -229,6 +232,12 @@ class EHRNetConfig:
     def __str__(self) -> str:
         header = "Model | Input size | Backbone | Width per branch | Blocks per stage | Tags | Heatmaps"
         return f"{header}\n{self.table1_row()}"
+
+
+def check_drop_connect_rate(rate: float) -> None:
+    """Raise ValueError unless `rate` is a probability in [0, 1) (1 would drop every residual branch)."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_connect_rate must be a number in [0, 1), got {rate!r}.")
 
 
 def native_resolution(phi: float) -> int:

@@ -169,6 +169,28 @@ def test_he_initialisation_of_the_hr_part_for_training_from_scratch(tmp_path):
         ke.build_model("H-4", hr_init="xavier")
 
 
+def test_drop_connect_rate_is_a_model_option_that_survives_saving(tmp_path):
+    def drops(model):
+        return [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+
+    released = ke.build_model("H-4", num_joints=3)
+    assert released.drop_connect_rate == 0.2
+    assert drops(released) and all(layer.rate == 0.2 for layer in drops(released))
+    model = ke.build_model("H-4", num_joints=3, drop_connect_rate=0.0)
+    assert drops(model) == []  # rate 0 leaves the layers out rather than dropping nothing
+
+    def shapes(m):
+        return {layer.name: [tuple(w.shape) for w in layer.weights] for layer in m.layers if layer.weights}
+
+    assert shapes(model) == shapes(released)  # the same weights under the same names
+    path = tmp_path / "no_drop.keras"
+    model.save(path)
+    assert keras.saving.load_model(path).drop_connect_rate == 0.0
+    for bad in (1.0, -0.1, "0.2"):
+        with pytest.raises(ValueError, match="drop_connect_rate must be a number in"):
+            ke.build_model("H-4", drop_connect_rate=bad)
+
+
 def test_pixels_are_normalised_in_graph():
     model = model_for("H-4")
     norm = model.get_layer("normalize")

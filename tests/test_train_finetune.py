@@ -97,3 +97,18 @@ def test_finetune_17_to_14_keypoints_with_frozen_backbone(source17, tmp_path, ca
         model17.get_layer(name).weights[0].numpy(), trainer.model.get_layer(name).weights[0].numpy()
     )
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints")) is not None
+
+
+def test_a_workdir_trained_without_drop_connect_initialises_by_its_own_structure(tmp_path):
+    # rate 0 leaves the Dropout layers out, which renumbers the checkpoint's layers
+    trained = build_model("H-4", num_joints=3, drop_connect_rate=0.0)
+    for v in trained.weights:
+        v.assign(v.numpy() + np.random.default_rng(len(v.path)).normal(0, 0.01, v.shape).astype(np.float32))
+    (tmp_path / "config.yaml").write_text("model:\n  level: H-4\n  num_joints: 3\n  drop_connect_rate: 0.0\n")
+    tf.train.Checkpoint(model=trained).save(str(tmp_path / "checkpoints" / "ckpt"))
+    model = build_model("H-4", num_joints=3)  # the released rate: with its Dropout layers
+    report = load_initial_weights(model, tmp_path)
+    assert report.not_loaded == {}
+    for name, values in _weights(trained).items():
+        for mine, theirs in zip(model.get_layer(name).weights, values):
+            np.testing.assert_array_equal(mine.numpy(), theirs)

@@ -710,6 +710,7 @@ def test_overfit_benchmark_without_epochs_trains_for_its_time_budget(tmp_path):
     # no epoch-based steps: the rate steps at 50 % and 75 % of the 1.2 s instead
     assert metrics["config"]["optimizer"]["lr_steps"] == []
     assert metrics["lr_steps"] == "x0.1 at 50%, 75% of 0.02 minutes"
+    assert metrics["config"]["model"]["drop_connect_rate"] == 0.0  # no stochastic depth: memorising
     assert (tmp_path / "run" / "final.keras").is_file()
 
 
@@ -721,6 +722,17 @@ def test_the_config_chooses_the_hr_initialisation(tmp_path):
     assert kernel.std() > 0.01  # He, not the released N(0, 0.001)
     with pytest.raises(ConfigError, match="model.hr_init"):
         config_from_dict(tiny_config(tmp_path, model={"hr_init": "zeros"}))
+
+
+def test_the_config_sets_the_backbone_drop_connect_rate(tmp_path):
+    assert config_from_dict({}).model.drop_connect_rate == 0.2  # the released recipe
+    values = tiny_config(tmp_path, model={"level": "H-4", "num_joints": J, "drop_connect_rate": 0.05})
+    trainer = Trainer(config_from_dict(values), dataset_fn=synthetic_dataset_fn(*synthetic_arrays()))
+    assert trainer.model.drop_connect_rate == 0.05
+    rates = {layer.rate for layer in trainer.model.layers if isinstance(layer, keras.layers.Dropout)}
+    assert rates == {0.05}
+    with pytest.raises(ConfigError, match=r"model.drop_connect_rate must be in \[0, 1\), got 1.5"):
+        config_from_dict(tiny_config(tmp_path, model={"drop_connect_rate": 1.5}))
 
 
 @pytest.mark.parametrize("ignore_padding", [True, False])
@@ -750,6 +762,7 @@ def test_overfit_command_needs_epochs_or_minutes(tmp_path, capsys):
     # the measured recipe (BENCHMARKS.md §6)
     assert args.lr_milestones == [0.88, 0.96]
     assert (args.batch_size, args.lr, args.input_size) == (8, 2e-3, 256)
+    assert args.drop_connect == 0.0  # no stochastic depth when the point is to memorise
     assert main(["--out", str(tmp_path), "--minutes", "0"]) == 2
     assert "--minutes 0 needs --epochs" in capsys.readouterr().err
     assert main(["--out", str(tmp_path), "--lr-milestones", "0.9", "0.6"]) == 2

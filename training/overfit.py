@@ -87,6 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="HR part's initialisation: He like the backbone (learns from scratch in about half the steps) "
         "or the released code's N(0, 0.001)",
     )
+    p.add_argument(
+        "--drop-connect",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="the backbone's stochastic depth in training (released recipe: 0.2; default: %(default)s, "
+        "no regulariser when the point is to memorise)",
+    )
     p.add_argument("--no-flip-test", action="store_true")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any training config value"
@@ -134,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             view=args.view,
             hr_init=args.hr_init,
+            drop_connect_rate=args.drop_connect,
             lr_milestones=args.lr_milestones,
         )
     except (ConfigError, FileExistsError) as err:

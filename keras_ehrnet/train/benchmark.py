@@ -331,6 +331,7 @@ def overfit(
     progress: bool = True,
     view: str = "whole",
     hr_init: str = "he",
+    drop_connect_rate: float = 0.0,
     lr_milestones: Sequence[float] = (0.88, 0.96),
     model_fn: Callable | None = None,
 ) -> dict[str, Any]:
@@ -344,6 +345,8 @@ def overfit(
     augmentation is drawn) and scores at short side R, where people outside that
     square are scored but were never seen (17 % of coco-mini's visible keypoints).
     `hr_init` initialises the HR part ("released" or "he", see `keras_ehrnet.blocks.hr_init`).
+    `drop_connect_rate` is the backbone's stochastic depth: off by default, since like
+    augmentation it is a regulariser, and it works against memorising the set.
     `augment` sets data.* augmentation ranges; by default there is none (`NO_AUGMENTATION`),
     as in `python -m training.overfit`. `model_fn` replaces the level's model (tests).
 
@@ -367,7 +370,7 @@ def overfit(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     values = {
-        "model": {"level": level, "hr_init": hr_init},
+        "model": {"level": level, "hr_init": hr_init, "drop_connect_rate": drop_connect_rate},
         "data": {
             "train_ann": str(ann_file),
             "train_images": str(image_dir),

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from keras_ehrnet.scaling import get_config
+from keras_ehrnet.scaling import check_drop_connect_rate, get_config
 
 
 class ConfigError(ValueError):
@@ -44,6 +44,7 @@ class ModelConfig:
     num_joints: int = 17
     tag_per_joint: bool = True
     hr_init: str = "released"  # or "he": the HR part initialised like the backbone (from scratch)
+    drop_connect_rate: float = 0.2  # backbone stochastic depth in training, as released; 0: off
 
 
 @dataclass
@@ -339,6 +340,10 @@ def validate(config: TrainConfig, source: str = "config") -> None:
 
     if config.model.hr_init not in HR_INITS:
         fail("model.hr_init", f"must be one of {HR_INITS}, got {config.model.hr_init!r}")
+    try:
+        check_drop_connect_rate(config.model.drop_connect_rate)
+    except ValueError:
+        fail("model.drop_connect_rate", f"must be in [0, 1), got {config.model.drop_connect_rate!r}")
     d = config.data
     if d.input_size <= 0 or d.input_size % 32:
         fail("data.input_size", f"must be a positive multiple of 32, got {d.input_size}")

@@ -111,6 +111,7 @@ def _source_model_from_workdir(path: Path) -> keras.Model:
     import tensorflow as tf
 
     from keras_ehrnet.model import build_model
+    from keras_ehrnet.scaling import DROP_CONNECT_RATE
 
     workdir = path if (path / "config.yaml").is_file() else path.parent
     config_file = workdir / "config.yaml"
@@ -121,6 +122,8 @@ def _source_model_from_workdir(path: Path) -> keras.Model:
         model_cfg.get("level", "H0"),
         num_joints=int(model_cfg.get("num_joints", 17)),
         tag_per_joint=bool(model_cfg.get("tag_per_joint", True)),
+        # the Dropout layers it adds or leaves out shift the checkpoint's layer numbering
+        drop_connect_rate=float(model_cfg.get("drop_connect_rate", DROP_CONNECT_RATE)),
     )
     ckpt_dir = path if path != workdir else workdir / "checkpoints"
     latest = tf.train.latest_checkpoint(str(ckpt_dir))

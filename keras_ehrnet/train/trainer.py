@@ -250,6 +250,7 @@ class Trainer:
                     num_joints=c.model.num_joints,
                     tag_per_joint=c.model.tag_per_joint,
                     hr_init=c.model.hr_init,
+                    drop_connect_rate=c.model.drop_connect_rate,
                 )
             self.model = model
             if c.train.init and not self._resume_checkpoint():

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from keras_ehrnet.scaling import check_drop_connect_rate, get_config
+from keras_ehrnet.scaling import DROP_CONNECT_RATE, check_drop_connect_rate, get_config
 
 
 class ConfigError(ValueError):
@@ -44,7 +44,7 @@ class ModelConfig:
     num_joints: int = 17
     tag_per_joint: bool = True
     hr_init: str = "released"  # or "he": the HR part initialised like the backbone (from scratch)
-    drop_connect_rate: float = 0.2  # backbone stochastic depth in training, as released; 0: off
+    drop_connect_rate: float = DROP_CONNECT_RATE  # backbone stochastic depth (released: 0.2)
 
 
 @dataclass

@@ -105,3 +105,93 @@ def draw_people(
                 max(1, t // 2),
             )
     return canvas
+
+
+def ground_truth_people(annotations: Sequence[dict]) -> list[dict]:
+    """COCO keypoint annotations as drawable people: labelled joints (v > 0) score 1, others 0."""
+    people = []
+    for ann in annotations:
+        kp = np.asarray(ann.get("keypoints") or [], dtype=np.float64).reshape(-1, 3)
+        if len(kp) and (kp[:, 2] > 0).any():
+            people.append({"keypoints": np.column_stack([kp[:, :2], (kp[:, 2] > 0).astype(float)])})
+    return people
+
+
+def _fit(image: np.ndarray, box: int) -> np.ndarray:
+    """`image` scaled to fit a box×box square (aspect kept)."""
+    h, w = image.shape[:2]
+    scale = box / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def write_comparison(
+    ann_file: str | Any,
+    image_dir: str | Any,
+    predictions: dict[str, str | Any],
+    path: str | Any,
+    *,
+    right_title: str = "prediction",
+    panel: int = 320,
+    pairs_per_row: int = 2,
+) -> Any:
+    """A PNG sheet: for each image of `ann_file`, its ground truth beside the predicted people.
+
+    `predictions` maps an image's file name to the JSON that `predict_files` wrote for it
+    (people with keypoints, score and box). Images without one are shown with an empty right
+    panel, labelled so. Each panel is scaled to fit `panel`² and titled with its count of people.
+    """
+    import json
+    from pathlib import Path
+
+    from keras_ehrnet.data.coco import keypoint_set
+    from keras_ehrnet.predictor import read_image
+
+    with open(ann_file, encoding="utf-8") as f:
+        data = json.load(f)
+    skeleton = keypoint_set(ann_file).skeleton
+    by_image: dict[int, list[dict]] = {}
+    for ann in data.get("annotations", []):
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    title_h = 22
+    cells = []
+    for info in sorted(data["images"], key=lambda i: i["file_name"]):
+        image = read_image(Path(image_dir) / info["file_name"])
+        truth = ground_truth_people(by_image.get(info["id"], []))
+        # lines drawn at full resolution, thick enough to survive the shrink to `panel`
+        thick = max(2, round(max(image.shape[:2]) / (panel / 2)))
+        left = _fit(draw_people(image, truth, skeleton, draw_boxes=False, thickness=thick), panel)
+        json_path = predictions.get(info["file_name"])
+        if json_path is not None:
+            people = json.loads(Path(json_path).read_text())["people"]
+            right = _fit(draw_people(image, people, skeleton, thickness=thick), panel)
+            right_label = f"{right_title}: {len(people)}"
+        else:
+            right = np.zeros_like(left)
+            right_label = "no prediction"
+        height = title_h + max(left.shape[0], right.shape[0])
+        pair = np.zeros((height, 2 * panel + 4, 3), np.uint8)
+        for x0, img, text in (
+            (0, left, f"{info['file_name']}: ground truth, {len(truth)} people"),
+            (panel + 4, right, right_label),
+        ):
+            pair[title_h : title_h + img.shape[0], x0 : x0 + img.shape[1]] = img
+            cv2.putText(
+                pair, text, (x0 + 4, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA
+            )
+        cells.append(pair)
+    if not cells:
+        raise ValueError(f"{ann_file}: no images to compare")
+    rows = []
+    for i in range(0, len(cells), pairs_per_row):
+        row = cells[i : i + pairs_per_row]
+        h = max(c.shape[0] for c in row)
+        row = [np.pad(c, ((0, h - c.shape[0] + 6), (0, 8), (0, 0))) for c in row]
+        row += [np.zeros_like(row[0])] * (pairs_per_row - len(row))
+        rows.append(np.hstack(row))
+    sheet = np.vstack(rows)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(out), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write {out}")
+    return out

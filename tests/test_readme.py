@@ -45,12 +45,16 @@ def test_quickstart_writes_everything_it_lists(tmp_path, capsys):
     argv = shlex.split(quickstart[0]) + ["--out", str(out), "--input-size", "64", "--epochs", "1", "--quiet"]
     assert run_module(argv) == 0
     printed = capsys.readouterr().out
-    for name in ("model.keras", "model.tflite", "metrics.json", "loss.png"):
+    for name in ("model.keras", "model.tflite", "metrics.json", "loss.png", "compare.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
         assert str(out / name) in printed  # it says where everything is
     metrics = json.loads((out / "metrics.json").read_text())
     assert math.isfinite(metrics["AP"]) and math.isfinite(metrics["AP_tflite"])
     assert metrics["epochs_done"] == 1 and metrics["images"] == 10
+    # trained, scored and exported at one letterboxed geometry: the export scores what Keras scores
+    assert metrics["tflite_input_size"] == [64, 64] and metrics["config"]["data"]["scale_type"] == "long"
+    assert abs(metrics["AP_tflite"] - metrics["AP"]) <= 0.01
+    assert "memorised" in printed and f"≥ {metrics['draw_min_score']:g}" in printed
     drawn = sorted((out / "predictions").glob("*.jpg"))
     assert len(drawn) == 10 and [str(p) for p in drawn] == metrics["files"]["annotated_images"]
     import cv2

@@ -77,9 +77,9 @@ def build_backbone(
     """
     config = get_config(level_or_phi)
     if weights is not None:
-        from keras_ehrnet.pretrained import check_backbone_weights, load_backbone_weights
+        from keras_ehrnet.pretrained import load_backbone_weights, resolve_backbone_weights
 
-        check_backbone_weights(config, weights)  # before the model is built
+        weights = resolve_backbone_weights(config, weights)  # fail fast, before building
     inputs = keras.Input(_input_shape(input_size, multiple=32), name="image")
     x = pixel_normalization()(inputs)
     endpoints = efficientnet_features(x, config)

@@ -151,9 +151,9 @@ def build_model(
     backbone the released `hr_init` is the authors' recipe.
     """
     if backbone_weights is not None:
-        from keras_ehrnet.pretrained import check_backbone_weights, load_backbone_weights
+        from keras_ehrnet.pretrained import load_backbone_weights, resolve_backbone_weights
 
-        check_backbone_weights(get_config(level), backbone_weights)
+        backbone_weights = resolve_backbone_weights(get_config(level), backbone_weights)
     model = EfficientHRNet(
         level,
         num_joints=num_joints,

@@ -87,14 +87,17 @@ def load_backbone_weights(
     .pth for any level). Raises FileNotFoundError for a missing file and BackboneWeightsError
     (one line, nothing assigned) for anything that does not fit.
     """
-    check_backbone_weights(config, weights)
-    if str(weights) == "imagenet":
-        path = _fetch_keras_b0()
-    else:
-        path = Path(weights)
+    path = resolve_backbone_weights(config, weights)
     if path.name.endswith(TORCH_SUFFIXES):
         return _load_torch(model, path)
     return _load_keras(model, path, config)
+
+
+def resolve_backbone_weights(config: EHRNetConfig, weights: str | os.PathLike) -> Path:
+    """The weights file to load: checked against the level, "imagenet" fetched (or found in
+    Keras' cache). Call it before building a model, so a bad source fails fast."""
+    check_backbone_weights(config, weights)
+    return _fetch_keras_b0() if str(weights) == "imagenet" else Path(weights)
 
 
 def check_backbone_weights(

@@ -327,8 +327,11 @@ def _keras_b0_with(path: Path) -> keras.Model:
     """A Keras 3 `.weights.h5` keys tensors by layer position, so it needs the application itself."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        include_top = "dense" in f.get("layers", {})
+    try:
+        with h5py.File(path, "r") as f:
+            include_top = "dense" in f.get("layers", {})
+    except OSError as err:
+        raise BackboneWeightsError(f"{path}: not a readable HDF5 file ({_first_line(err)})") from None
     model = keras.applications.EfficientNetB0(
         weights=None, include_top=include_top, input_shape=(None, None, 3)
     )

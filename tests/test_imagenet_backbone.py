@@ -203,6 +203,17 @@ def test_wrong_architecture_names_the_first_bad_tensor_and_loads_nothing(tmp_pat
     assert "block1b_" in message and "has no place in the B0 backbone" in message
 
 
+def test_unreadable_files_are_one_line_and_load_nothing(tmp_path):
+    from keras_ehrnet.pretrained import load_backbone_weights
+
+    target = ke.build_backbone("H0")
+    for name in ("efficientnetb0_notop.h5", "b0.weights.h5", "b0.keras", "b0.pth", "b0.npz"):
+        path = tmp_path / name
+        path.write_bytes(b"\x00 truncated download \xff" * 10)
+        message = _unchanged(target, lambda p=path: load_backbone_weights(target, p, ke.get_config("H0")))
+        assert message.startswith(str(path)), message
+
+
 def test_a_keras_b0_file_does_not_fit_other_levels(keras_b0):
     with pytest.raises(BackboneWeightsError, match=r"fit H0 only, not H-2 \(φ = -2\)"):
         ke.build_backbone("H-2", weights=keras_b0["files"]["h5"])

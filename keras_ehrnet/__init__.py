@@ -1,6 +1,6 @@
 """keras-ehrnet: EfficientHRNet multi-person pose estimation for TensorFlow/Keras 3."""
 
-from keras_ehrnet.backbone import build_backbone_classifier
+from keras_ehrnet.backbone import build_backbone, build_backbone_classifier
 from keras_ehrnet.evaluate import evaluate_coco
 from keras_ehrnet.macs import count_macs
 from keras_ehrnet.model import EfficientHRNet, build_model
@@ -15,6 +15,7 @@ __all__ = [
     "EfficientHRNet",
     "PRESET_NAMES",
     "Predictor",
+    "build_backbone",
     "build_backbone_classifier",
     "build_model",
     "count_macs",

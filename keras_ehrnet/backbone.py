@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 from keras import layers
 
@@ -58,6 +60,35 @@ def efficientnet_features(x, config: EHRNetConfig) -> list:
         if stage_id in ENDPOINT_STAGES:
             endpoints.append(x)
     return endpoints
+
+
+def build_backbone(
+    level_or_phi: LevelLike = "H0",
+    weights: str | os.PathLike | None = None,
+    *,
+    input_size: int | tuple[int, int] | None = None,
+) -> keras.Model:
+    """The backbone alone: RGB pixels in [0, 255] → the stride 4, 8, 16 and 32 endpoints, in order.
+
+    Layer names are those of `build_model`, so weights move between the two by name.
+    `weights`: None (random, as `build_model`), "imagenet" (H0: Keras' EfficientNetB0 ImageNet
+    weights, downloaded and cached by Keras) or a file (see `keras_ehrnet.pretrained`); what was
+    loaded is printed.
+    """
+    config = get_config(level_or_phi)
+    if weights is not None:
+        from keras_ehrnet.pretrained import load_backbone_weights, resolve_backbone_weights
+
+        weights = resolve_backbone_weights(config, weights)  # fail fast, before building
+    inputs = keras.Input(_input_shape(input_size, multiple=32), name="image")
+    x = pixel_normalization()(inputs)
+    endpoints = efficientnet_features(x, config)
+    model = keras.Model(
+        inputs, endpoints, name=f"efficientnet_backbone_{config.backbone_name}".replace("-", "m")
+    )
+    if weights is not None:
+        print(load_backbone_weights(model, weights, config).summary())
+    return model
 
 
 def build_backbone_classifier(

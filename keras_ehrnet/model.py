@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 from keras import layers
 
@@ -131,17 +133,28 @@ def build_model(
     tag_per_joint: bool = True,
     hr_init: str = "released",
     drop_connect_rate: float = DROP_CONNECT_RATE,
+    backbone_weights: str | os.PathLike | None = None,
 ) -> EfficientHRNet:
     """Build EfficientHRNet for a level ("H0", "H-1" … "H-4") or a compound coefficient φ.
 
     `input_size=None` accepts any height and width divisible by 32; the level's
     native resolution R = 512 + 32φ is `model.config.input_size`. Weights are
-    randomly initialised as in the released code; nothing is downloaded.
+    randomly initialised as in the released code; nothing is downloaded unless
+    `backbone_weights="imagenet"`.
     `hr_init="he"` initialises the HR part's conv + BatchNorm pairs like the backbone's
     (He) instead of N(0, 0.001): faster training from scratch (see `blocks.hr_init`).
     `drop_connect_rate` sets the backbone's stochastic depth in training (released: 0.2).
+    `backbone_weights`: "imagenet" (H0: Keras' EfficientNetB0, downloaded and cached by Keras)
+    or a file (Keras' EfficientNetB0 weights for H0, the authors' compact B0 … B-4 `.pth` for
+    any level) to start the backbone from ImageNet; the rest keeps its initialisation and a
+    one-line report says what was loaded (see `keras_ehrnet.pretrained`). With a pretrained
+    backbone the released `hr_init` is the authors' recipe.
     """
-    return EfficientHRNet(
+    if backbone_weights is not None:
+        from keras_ehrnet.pretrained import load_backbone_weights, resolve_backbone_weights
+
+        backbone_weights = resolve_backbone_weights(get_config(level), backbone_weights)
+    model = EfficientHRNet(
         level,
         num_joints=num_joints,
         input_size=input_size,
@@ -149,3 +162,6 @@ def build_model(
         hr_init=hr_init,
         drop_connect_rate=drop_connect_rate,
     )
+    if backbone_weights is not None:
+        print(load_backbone_weights(model, backbone_weights, model.config).summary())
+    return model

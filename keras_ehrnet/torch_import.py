@@ -287,7 +287,8 @@ def load_torch_weights(
     `features.*` tensors of an ImageNet classifier checkpoint into the backbone of
     a pose model (or a pose checkpoint's backbone into a classifier); everything
     else is reported, not an error. With `strict` (default) any missing, unused or
-    mis-shaped tensor raises ValueError with the full report; nothing is assigned.
+    mis-shaped tensor raises ValueError with the full report (also as its `report`
+    attribute); nothing is assigned.
     """
     name = str(source) if not isinstance(source, dict) else "state_dict"
     state = read_torch_checkpoint(source) if not isinstance(source, dict) else dict(source)
@@ -327,7 +328,9 @@ def load_torch_weights(
         else:
             report.unexpected.append(key)
     if strict and not report.ok:
-        raise ValueError(f"{name} does not fit {model.name}:\n{report.summary()}")
+        err = ValueError(f"{name} does not fit {model.name}:\n{report.summary()}")
+        err.report = report  # for callers that word their own one-line message
+        raise err
     for pair, value in planned:
         pair.variable.assign(pair.to_keras(value).astype(pair.variable.dtype))
         report.loaded.append(pair.torch_key)

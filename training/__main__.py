@@ -25,6 +25,7 @@ FLAGS: dict[str, str] = {
     "steps_per_epoch": "train.steps_per_epoch",
     "workdir": "train.workdir",
     "init": "train.init",
+    "backbone_weights": "model.backbone_weights",
     "seed": "train.seed",
     "mixed_precision": "train.mixed_precision",
     "strategy": "train.strategy",
@@ -61,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
     parser.add_argument("--workdir", help="checkpoints, logs and models go here")
     parser.add_argument("--init", help="start from a .keras / .weights.h5 file or a training workdir")
+    parser.add_argument(
+        "--backbone-weights",
+        help='start the backbone from ImageNet: "imagenet" (H0) or a weights file (.h5/.keras/.pth); '
+        "--init is loaded over it",
+    )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--mixed-precision", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--strategy", choices=["auto", "default", "one_device", "mirrored", "multi_worker"])
@@ -140,6 +146,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from keras_ehrnet.data import DatasetError
+    from keras_ehrnet.pretrained import BackboneWeightsError
     from keras_ehrnet.train import (
         ConfigError,
         NonFiniteLossError,
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             print(config.to_yaml())
             return 0
         result = train(config)
-    except (ConfigError, DatasetError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, DatasetError, BackboneWeightsError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

@@ -4,7 +4,7 @@ A config file has the sections below (every key optional; defaults are the paper
 recipe for H0). Unknown sections or keys, wrong types and impossible values raise
 `ConfigError` naming the file and the key, with a suggestion for misspellings.
 
-    model:      level, num_joints, tag_per_joint
+    model:      level, num_joints, tag_per_joint, hr_init, drop_connect_rate, backbone_weights
     data:       train/val annotation files and image folders, input_size, batch_size
                 (per replica), sigma, max_people, augmentation ranges, ...
     loss:       heatmap_factors, push_factor, pull_factor, ae_type
@@ -45,6 +45,9 @@ class ModelConfig:
     tag_per_joint: bool = True
     hr_init: str = "released"  # or "he": the HR part initialised like the backbone (from scratch)
     drop_connect_rate: float = DROP_CONNECT_RATE  # backbone stochastic depth (released: 0.2)
+    # start the backbone from ImageNet: "imagenet" (H0, Keras' EfficientNetB0) or a weights file
+    # (see keras_ehrnet.pretrained); train.init, if given, is loaded over it; --resume skips it
+    backbone_weights: str | None = None
 
 
 @dataclass
@@ -340,6 +343,15 @@ def validate(config: TrainConfig, source: str = "config") -> None:
 
     if config.model.hr_init not in HR_INITS:
         fail("model.hr_init", f"must be one of {HR_INITS}, got {config.model.hr_init!r}")
+    if config.model.backbone_weights is not None:
+        from keras_ehrnet.pretrained import check_backbone_weights
+
+        try:
+            check_backbone_weights(
+                get_config(config.model.level), config.model.backbone_weights, file_must_exist=False
+            )
+        except ValueError as err:
+            fail("model.backbone_weights", f"= {config.model.backbone_weights!r}: {err}")
     try:
         check_drop_connect_rate(config.model.drop_connect_rate)
     except ValueError:

@@ -251,6 +251,8 @@ class Trainer:
                     tag_per_joint=c.model.tag_per_joint,
                     hr_init=c.model.hr_init,
                     drop_connect_rate=c.model.drop_connect_rate,
+                    # a resumed run's checkpoint holds the backbone already
+                    backbone_weights=None if self._resume_checkpoint() else c.model.backbone_weights,
                 )
             self.model = model
             if c.train.init and not self._resume_checkpoint():

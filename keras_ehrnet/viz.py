@@ -132,6 +132,7 @@ def write_comparison(
     path: str | Any,
     *,
     right_title: str = "prediction",
+    keypoint_threshold: float = 0.1,
     panel: int = 320,
     pairs_per_row: int = 2,
 ) -> Any:
@@ -164,7 +165,10 @@ def write_comparison(
         json_path = predictions.get(info["file_name"])
         if json_path is not None:
             people = json.loads(Path(json_path).read_text())["people"]
-            right = _fit(draw_people(image, people, skeleton, thickness=thick), panel)
+            right = _fit(
+                draw_people(image, people, skeleton, keypoint_threshold=keypoint_threshold, thickness=thick),
+                panel,
+            )
             right_label = f"{right_title}: {len(people)}"
         else:
             right = np.zeros_like(left)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 # people the exported model scores below this are left out of the drawings (all are scored for AP)
-DRAW_MIN_SCORE = 0.3
+DRAW_MIN_SCORE = 0.1
 QUICKSTART_EPOCHS = 300
 QUICKSTART_SIZE = 256
 

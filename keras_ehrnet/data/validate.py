@@ -179,12 +179,13 @@ class CheckedAnnotations:
             raise problems_error(self.problems, "; data.skip_invalid=true skips such records")
         if skip_log is not None:
             for p in self.problems:
-                path = p.image_file or ""
-                if image_dir is not None and path:
-                    path = str(Path(image_dir) / path)
-                skip_log.add(
-                    p.image_id, path, f"{p.where()}: {p.message}" if p.ann_id is not None else p.message
+                path = (
+                    str(Path(image_dir) / p.image_file)
+                    if image_dir is not None and p.image_file
+                    else str(self.ann_file)
                 )
+                reason = f"annotation id {p.ann_id}: {p.message}" if p.ann_id is not None else p.message
+                skip_log.add(p.image_id, path, reason)
 
 
 def _image_record_problem(info: dict, k: int, counts: Counter, names: dict) -> str | None:

@@ -253,6 +253,8 @@ def evaluate_coco(
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
     problems = list(checked.problems)
+    if not checked.dataset["images"] and not problems:
+        raise ValueError(f"{ann_file}: lists no images to evaluate")
     left_out = {p.image_id for p in problems if p.image_id is not None}
     ids = list(image_ids) if image_ids is not None else list(coco.getImgIds())
     unknown = [i for i in ids if i not in coco.imgs and i not in left_out]

@@ -70,6 +70,8 @@ class DataConfig:
     # the network that borders hold nobody, for models that will see letterboxed inputs
     ignore_padding: bool = True
     skip_invalid: bool = False
+    # image files checked before the first step: "header" (size, not cut short), "full" (decoded), "off"
+    validate_images: str = "header"
     cache: bool = False
     # left/right keypoint pairs swapped by horizontal flips (training and flip test), as names
     # or 0-based indices; default: inferred from left_*/right_* keypoint names
@@ -381,6 +383,8 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         fail("data.min_scale/max_scale", f"need 0 < min_scale <= max_scale, got {d.min_scale}, {d.max_scale}")
     if d.scale_type not in ("short", "long"):
         fail("data.scale_type", f"must be 'short' or 'long', got {d.scale_type!r}")
+    if d.validate_images not in ("header", "full", "off"):
+        fail("data.validate_images", f"must be 'header', 'full' or 'off', got {d.validate_images!r}")
     if (d.val_ann is None) != (d.val_images is None):
         fail("data.val_ann/val_images", "must be given together")
     if d.flip_pairs is not None:

@@ -2,8 +2,9 @@
 
 Any COCO-style `person_keypoints`-like file works (COCO's 17 joints, CrowdPose's 14, animal
 sets …): the keypoint names and skeleton come from the category, the left/right flip pairs are
-inferred from the names or given explicitly. Every error names the annotation file, the image
-id or the annotation id, so a bad record in a 100 k-image file can be found.
+inferred from the names or given explicitly. The file and the image files are checked in one pass
+first (`keras_ehrnet.data.validate`); every error names the annotation file, the image id and
+the annotation id, so a bad record in a 100 k-image file can be found.
 """
 
 from __future__ import annotations

@@ -268,11 +268,14 @@ def fill_missing_fields(ann: dict, num_joints: int) -> dict:
     computes it. A missing `bbox` becomes the box around the labelled keypoints, `iscrowd` 0,
     `num_keypoints` the count of labelled keypoints.
     """
+    if all(ann.get(key) is not None for key in ("iscrowd", "num_keypoints", "bbox", "area")):
+        return ann
     kp = np.asarray(ann.get("keypoints") or [0.0] * (3 * num_joints), np.float64).reshape(num_joints, 3)
     labelled = kp[kp[:, 2] > 0]
     out = dict(ann)
-    out.setdefault("iscrowd", 0)
-    if "num_keypoints" not in out:
+    if out.get("iscrowd") is None:
+        out["iscrowd"] = 0
+    if out.get("num_keypoints") is None:
         out["num_keypoints"] = len(labelled)
     if out.get("bbox") is None:
         if len(labelled):

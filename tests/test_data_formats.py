@@ -41,6 +41,7 @@ def test_the_files_keep_their_datasets_quirks(formats):
     assert any(a["segmentation"] == [] for a in ochuman["annotations"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FORMATS)
 def test_each_public_file_trains_one_epoch_and_evaluates(formats, kind, tmp_path, caplog):
     ann, images = formats[kind]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from synthetic_coco import person, write_dataset
 from test_evaluate import ZeroRunner
+from test_training import tiny_model
 
 from keras_ehrnet.data import CocoKeypoints, DatasetError, SkipLog, make_dataset
 from keras_ehrnet.data.validate import check_annotations, check_image_file
@@ -220,7 +221,7 @@ def test_evaluation_without_categories_is_one_line_and_status_2(tmp_path, capsys
 
     ann, images = _dataset(tmp_path)
     _edit(ann, lambda d: d.pop("categories"))
-    assert main(["--level", "H-4", "--ann", str(ann), "--images", str(images), "--quiet"]) == 2
+    assert main(["--oracle", "--ann", str(ann), "--images", str(images), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(ann) in err and "no 'categories' list" in err
 
@@ -243,14 +244,14 @@ def test_strict_evaluation_writes_its_summary_then_fails(tmp_path, capsys):
 
     ann, images = _dataset(tmp_path)
     (images / "000001.jpg").write_bytes(b"")
+    model = tmp_path / "tiny.keras"
+    tiny_model(17).save(model)
     out = tmp_path / "summary.json"
-    argv = ["--oracle", "--ann", str(ann), "--images", str(images), "--input-size", "64", "--quiet"]
-    assert main([*argv, "--json", str(out)]) == 0  # the oracle reads no image: nothing skipped
-    argv[0] = "--level"
-    argv.insert(1, "H-4")
-    assert main([*argv, "--no-flip", "--json", str(out)]) == 0
+    argv = ["--ann", str(ann), "--images", str(images), "--input-size", "64", "--quiet", "--json", str(out)]
+    assert main(["--oracle", *argv]) == 0  # the oracle reads no image: nothing skipped
+    assert main(["--model", str(model), "--no-flip", *argv]) == 0
     assert json.loads(out.read_text())["skipped"] == 1
-    assert main([*argv, "--no-flip", "--json", str(out), "--strict"]) == 2
+    assert main(["--model", str(model), "--no-flip", *argv, "--strict"]) == 2
     assert json.loads(out.read_text())["images"] == 2  # the rest was scored and written first
     assert "--strict: 1 image(s) skipped" in capsys.readouterr().err
 

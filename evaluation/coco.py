@@ -4,7 +4,9 @@
     python -m evaluation.coco --oracle --ann … --images … --input-size 512 --no-flip --json oracle.json
 
 Prints pycocotools' table; `--out` writes the COCO results, `--json` the summary
-(AP, AP50, AP75, APM, APL, AR …, images, decode_ms_median, decode_ms_max).
+(AP, AP50, AP75, APM, APL, AR …, images, skipped, problems, decode_ms_median, decode_ms_max).
+The annotations and image headers are checked first, as for training: bad images are skipped
+and listed and the rest scored; `--strict` then exits with status 2.
 """
 
 from __future__ import annotations
@@ -58,8 +60,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, help="write the COCO keypoint results (JSON) here")
     p.add_argument("--json", type=Path, help="write the summary (JSON) here")
+    p.add_argument(
+        "--validate-images",
+        choices=["header", "full", "off"],
+        default="header",
+        help="check the image files before scoring: their headers (size as the JSON says, not cut "
+        "short; default), a full decode, or not at all. The annotations are always checked",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 2 after scoring if any image or record was skipped",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _strict_failure(args: argparse.Namespace, summary: dict) -> int:
+    """2 (with a line on stderr) when --strict and anything was left out, else 0."""
+    problems = summary.get("problems") or []
+    if args.strict and problems:
+        print(
+            f"error: --strict: {summary.get('skipped', 0)} image(s) skipped, {len(problems)} problem(s); "
+            f"first: {problems[0]}",
+            file=sys.stderr,
+        )
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.results:
         try:
-            summary = evaluate_results_file(args.ann, args.results)
+            summary = evaluate_results_file(args.ann, args.results, oks_sigmas=args.oks_sigmas)
         except (FileNotFoundError, ValueError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -77,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(summary, indent=1))
-        return 0
+        return _strict_failure(args, summary)
     if args.images is None:
         parser.error("--images is required unless --results is given")
 
@@ -110,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             detection_threshold=args.detection_threshold,
             tag_threshold=args.tag_threshold,
             oks_sigmas=args.oks_sigmas,
+            validate_images=args.validate_images,
         )
     except (FileNotFoundError, ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -134,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1))
         print(f"summary written to {args.json}")
-    return 0
+    return _strict_failure(args, summary)
 
 
 if __name__ == "__main__":

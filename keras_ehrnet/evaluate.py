@@ -34,21 +34,22 @@ log = logging.getLogger("keras_ehrnet.evaluate")
 COCO_STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
 
 
-def load_coco(ann_file: str | os.PathLike, *, verbose: bool = False):
-    """A pycocotools COCO object for `ann_file`, with errors that name the file."""
-    from pycocotools.coco import COCO
+def check_annotation_file(ann_file: str | os.PathLike):
+    """The annotation file after the checks training uses (`keras_ehrnet.data.validate`):
+    a `CheckedAnnotations` whose `coco()` indexes only the records that passed and whose
+    `problems` name the others. Fatal errors raise DatasetError (a ValueError) naming the file."""
+    from keras_ehrnet.data.validate import check_annotations
 
-    path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext():
-            coco = COCO(str(path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"annotation file {path} is not valid JSON: {err}") from err
-    except (KeyError, TypeError, AssertionError) as err:
-        raise ValueError(f"annotation file {path} is not in COCO format: {err!r}") from err
-    return coco
+    return check_annotations(ann_file)
+
+
+def load_coco(ann_file: str | os.PathLike, *, verbose: bool = False):
+    """A pycocotools COCO object for `ann_file` (its valid records; the others are logged),
+    with errors that name the file."""
+    checked = check_annotation_file(ann_file)
+    for problem in checked.problems:
+        log.warning("left out: %s", problem)
+    return checked.coco()
 
 
 def keypoint_category(coco) -> dict:
@@ -84,12 +85,15 @@ def coco_summary(
     image_ids: Sequence[int] | None = None,
     *,
     oks_sigmas: Sequence[float] | None = None,
+    keypoint_names: Sequence[str] | None = None,
     verbose: bool = True,
 ) -> dict[str, float]:
     """Run pycocotools' keypoint evaluation; returns {"AP": …, "AR": …} (all 0 without any result).
 
-    `verbose` prints pycocotools' table. `oks_sigmas`: per-joint OKS constants; joint sets
-    other than COCO's 17 default to `DEFAULT_OKS_SIGMA` for every joint (with a warning).
+    `verbose` prints pycocotools' table. `oks_sigmas`: per-joint OKS constants; by default
+    those of the known dataset whose keypoint list `keypoint_names` is (COCO and OCHuman,
+    CrowdPose, AI Challenger: `keras_ehrnet.data.dataset_info`), COCO's for 17 joints, and
+    `DEFAULT_OKS_SIGMA` for every joint of other sets (with a warning).
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -103,6 +107,11 @@ def coco_summary(
     with quiet:
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, "keypoints")
+        if oks_sigmas is None and keypoint_names is not None:
+            from keras_ehrnet.data.dataset_info import find_dataset_info
+
+            info = find_dataset_info(keypoint_names)
+            oks_sigmas = info.sigmas if info is not None else None
         if oks_sigmas is not None:
             ev.params.kpt_oks_sigmas = np.asarray(oks_sigmas, dtype=np.float64)
         elif num_joints != len(ev.params.kpt_oks_sigmas):
@@ -159,17 +168,34 @@ def evaluate_results_file(
     verbose: bool = True,
 ) -> dict:
     """Score an existing COCO keypoint results file; an empty one scores 0 (not an error)."""
-    coco = load_coco(ann_file)
+    checked = check_annotation_file(ann_file)
+    coco = checked.coco()
     results = load_results(results_path)
     category = keypoint_category(coco)
+    names = category["keypoints"]
+    left_out = _report_problems(checked.problems)
     results = [dict(r, category_id=r.get("category_id", category["id"])) for r in results]
     ids = list(image_ids) if image_ids is not None else list(coco.getImgIds())
-    unknown = sorted({r["image_id"] for r in results} - set(coco.imgs))
+    ids = [i for i in ids if i not in left_out]
+    unknown = sorted({r["image_id"] for r in results} - set(coco.imgs) - left_out, key=str)
     if unknown:
         raise ValueError(f"results file {results_path} names images not in {ann_file}: {unknown[:10]}")
-    summary = dict(coco_summary(coco, results, ids, oks_sigmas=oks_sigmas, verbose=verbose))
-    summary.update({"images": len(ids), "people": len(results)})
+    results = [r for r in results if r["image_id"] not in left_out]
+    summary = dict(
+        coco_summary(coco, results, ids, oks_sigmas=oks_sigmas, keypoint_names=names, verbose=verbose)
+    )
+    summary.update({"images": len(ids), "people": len(results), "skipped": len(left_out)})
+    summary["problems"] = [str(p) for p in checked.problems]
     return summary
+
+
+def _report_problems(problems) -> set:
+    """Print the records left out (one line each) and return the image ids they take out."""
+    if problems:
+        print(f"{len(problems)} record(s) left out of the evaluation:")
+        for problem in problems:
+            print(f"  {problem}")
+    return {p.image_id for p in problems if p.image_id is not None}
 
 
 def _flip_index_from_names(names: Sequence[str]) -> tuple[int, ...] | None:
@@ -196,6 +222,7 @@ def evaluate_coco(
     oks_sigmas: Sequence[float] | None = None,
     max_images: int | None = None,
     verbose: bool = True,
+    validate_images: str = "header",
     **decode_options: Any,
 ) -> dict:
     """COCO keypoint AP of a model, runtime artefact, Predictor or Oracle on an annotated image folder.
@@ -203,29 +230,46 @@ def evaluate_coco(
     Every image of `ann_file` (or `image_ids`, or the first `max_images`) is predicted
     with the given test settings (for a `Predictor`, its own settings are used); the
     results are written to `results_path` when given and scored with pycocotools.
-    Images that cannot be read are skipped, logged and counted. Returns the summary:
-    COCO_STAT_NAMES, "images" evaluated, "skipped", "people" detected and
+    The annotations and image files are first checked as for training
+    (`keras_ehrnet.data.validate`; `validate_images`: "header", "full" or "off"): images
+    with bad records or files, and any that cannot be read later, are skipped, listed and
+    counted, and the rest are scored. Returns the summary: COCO_STAT_NAMES, "images"
+    evaluated, "skipped" (images), "problems" (one line each), "people" detected and
     "decode_ms_median"/"decode_ms_max" (everything after the network, per image).
     `input_size`: the short side R, or a fixed (height, width) to letterbox every image into
     (as a fixed-size export runs). Extra keyword arguments set `DecodeConfig` fields (e.g.
     refine=False).
     """
+    from keras_ehrnet.data.validate import check_images
     from keras_ehrnet.oracle import Oracle, oracle_scale_outputs, person_keypoints
     from keras_ehrnet.predictor import ImageReadError, Predictor, read_image
     from keras_ehrnet.transforms import make_test_plan
 
-    coco = load_coco(ann_file)
+    checked = check_annotation_file(ann_file)
+    coco = checked.coco()
     category = keypoint_category(coco)
     names = category["keypoints"]
     image_dir = Path(image_dir)
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir}")
+    problems = list(checked.problems)
+    if not checked.dataset["images"] and not problems:
+        raise ValueError(f"{ann_file}: lists no images to evaluate")
+    left_out = {p.image_id for p in problems if p.image_id is not None}
     ids = list(image_ids) if image_ids is not None else list(coco.getImgIds())
-    unknown = [i for i in ids if i not in coco.imgs]
+    unknown = [i for i in ids if i not in coco.imgs and i not in left_out]
     if unknown:
         raise ValueError(f"image ids not in {ann_file}: {unknown[:10]}")
+    ids = [i for i in ids if i in coco.imgs]
     if max_images is not None:
         ids = ids[:max_images]
+    if not isinstance(model_or_runner_or_predictor, Oracle):  # the oracle reads no image
+        infos = [coco.imgs[i] for i in ids]
+        items = [(i["id"], i["file_name"], i["width"], i["height"]) for i in infos]
+        image_problems = check_images(items, ann_file, image_dir, validate_images, progress=progress)
+        problems += image_problems
+        bad = {p.image_id for p in image_problems}
+        ids = [i for i in ids if i not in bad]
     if flip_index is None and len(names) != 17:
         flip_index = _flip_index_from_names(names)
 
@@ -262,7 +306,11 @@ def evaluate_coco(
 
     results: list[dict] = []
     evaluated: list[int] = []
-    skipped: list[dict] = []
+    # one entry per problem: {"image_id", "file", "reason", "line" (what is printed)}
+    skipped: list[dict] = [
+        {"image_id": p.image_id, "file": p.image_file or "", "reason": p.message, "line": str(p)}
+        for p in problems
+    ]
     decode_ms: list[float] = []
     bar = tqdm(ids, desc=f"COCO eval ({name})", unit="img", disable=not progress)
     for image_id in bar:
@@ -285,7 +333,14 @@ def evaluate_coco(
                 image = read_image(path, ignore_orientation=True)
             except ImageReadError as err:
                 log.warning("skipped image id %s: %s", image_id, err)
-                skipped.append({"image_id": int(image_id), "file": str(path), "reason": str(err)})
+                skipped.append(
+                    {
+                        "image_id": int(image_id),
+                        "file": str(path),
+                        "reason": str(err),
+                        "line": f"{path}: {err}",
+                    }
+                )
                 continue
             timings: dict[str, float] = {}
             result = predictor.predict_result(image, timings)
@@ -293,15 +348,18 @@ def evaluate_coco(
         evaluated.append(int(image_id))
         results.extend(coco_results(image_id, result, category["id"]))
         bar.set_postfix(people=len(results))
+    skipped_ids = {s["image_id"] for s in skipped if s["image_id"] is not None}
     if skipped:
-        print(f"{len(skipped)} image(s) skipped:")
+        print(f"{len(skipped_ids)} image(s) skipped ({len(skipped)} problem(s)):")
         for s in skipped:
-            print(f"  {s['file']}: {s['reason']}")
+            print(f"  {s['line']}")
     if results_path is not None:
         Path(results_path).parent.mkdir(parents=True, exist_ok=True)
         Path(results_path).write_text(json.dumps(results))
     if evaluated:
-        stats = coco_summary(coco, results, evaluated, oks_sigmas=oks_sigmas, verbose=verbose)
+        stats = coco_summary(
+            coco, results, evaluated, oks_sigmas=oks_sigmas, keypoint_names=names, verbose=verbose
+        )
     else:
         log.warning("no image could be evaluated")
         stats = {n: 0.0 for n in COCO_STAT_NAMES}
@@ -309,7 +367,8 @@ def evaluate_coco(
     summary.update(
         {
             "images": len(evaluated),
-            "skipped": len(skipped),
+            "skipped": len(skipped_ids),
+            "problems": [s["line"] for s in skipped],
             "people": len(results),
             "decode_ms_median": float(np.median(decode_ms)) if decode_ms else 0.0,
             "decode_ms_max": float(np.max(decode_ms)) if decode_ms else 0.0,

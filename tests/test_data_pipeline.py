@@ -311,20 +311,26 @@ def _three_images(tmp_path, **first):
 
 def test_missing_image_file_is_named_or_skipped(tmp_path):
     ann, images = _three_images(tmp_path, write=False)
-    with pytest.raises(FileNotFoundError, match=r"000000\.jpg.*image id 1"):
+    with pytest.raises(DatasetError, match=r"image id 1 \(.*000000\.jpg\): image file not found"):
         CocoKeypoints(ann, images)
+    with pytest.raises(FileNotFoundError, match=r"000000\.jpg.*image id 1"):
+        CocoKeypoints(ann, images, validate_images="off")
     log = SkipLog()
     ds = CocoKeypoints(ann, images, skip_invalid=True, skip_log=log)
     assert len(ds) == 2 and log.count == 1 and "000000.jpg" in log.report()
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_and_truncated_jpegs_are_named(tmp_path, damage):
+def test_corrupt_and_truncated_jpegs_are_found_before_training(tmp_path, damage):
     ann, images = _three_images(tmp_path)
     path = images / "000001.jpg"
     data = path.read_bytes()
     path.write_bytes(b"not an image" * 50 if damage == "garbage" else data[: len(data) // 2])
-    ds = make_dataset(ann, images, input_size=64, batch_size=1, training=False)
+    reason = "not a readable image file" if damage == "garbage" else "truncated JPEG"
+    with pytest.raises(DatasetError, match=rf"image id 2 \(.*000001\.jpg\): .*{reason}"):
+        make_dataset(ann, images, input_size=64, batch_size=1, training=False)
+    # Unchecked (or damaged after the check), the pipeline still names the file mid-run.
+    ds = make_dataset(ann, images, input_size=64, batch_size=1, training=False, validate_images="off")
     with pytest.raises(tf.errors.OpError, match=r"000001\.jpg \(image id 2\)"):
         list(ds)
 
@@ -334,6 +340,8 @@ def test_skip_invalid_skips_counts_and_reports_at_the_end(tmp_path, caplog):
     (images / "000001.jpg").write_bytes(b"garbage")
     data = (images / "000002.jpg").read_bytes()
     (images / "000002.jpg").write_bytes(data[:-300])
+    with pytest.raises(DatasetError, match=r"image id 2 .*\(and 1 more problem\(s\)\)"):
+        CocoKeypoints(ann, images, require_annotations=False)
     log = SkipLog()
     with caplog.at_level(logging.WARNING, logger="keras_ehrnet.data"):
         ds = make_dataset(
@@ -345,21 +353,25 @@ def test_skip_invalid_skips_counts_and_reports_at_the_end(tmp_path, caplog):
             skip_invalid=True,
             skip_log=log,
             epochs=2,
+            validate_images="off",  # the pipeline's own skipping, for files that break mid-run
         )
         batches = list(ds)
     assert len(batches) == 2  # the good image, once per pass
     assert log.count == 2 and log.events == 4 and {e[0] for e in log.entries} == {2, 3}
     assert "truncated JPEG" in log.report() and "cannot decode" in log.report()
     assert "2 sample(s) skipped" in caplog.text
+    checked_log = SkipLog()
+    ds = make_dataset(
+        ann, images, input_size=64, batch_size=1, training=False, skip_invalid=True, skip_log=checked_log
+    )
+    assert len(list(ds)) == 1 and checked_log.count == 2 and checked_log.events == 2
 
 
 def test_wrong_keypoint_count_names_the_annotation(tmp_path):
     bad = person({0: (10, 10)}, 17)
     bad["keypoints"] = bad["keypoints"][:-3]
     ann, images = _three_images(tmp_path, people=[bad])
-    with pytest.raises(
-        DatasetError, match=r"annotation id 1 \(image id 1\).*48 keypoint values, expected 51"
-    ):
+    with pytest.raises(DatasetError, match=r"image id 1 annotation id 1 .*48 keypoint values, expected 51"):
         CocoKeypoints(ann, images)
     log = SkipLog()
     assert len(CocoKeypoints(ann, images, skip_invalid=True, skip_log=log)) == 2 and log.count == 1
@@ -386,9 +398,13 @@ def test_grayscale_and_rgba_images_become_rgb(tmp_path):
 def test_wrong_image_size_is_named(tmp_path):
     ann, images = _three_images(tmp_path, pixels=np.zeros((90, 120, 3), np.uint8))
     with pytest.raises(
+        DatasetError, match=r"image id 1 .*000000\.jpg\): image is 120x90 but its annotation says 120x100"
+    ):
+        make_dataset(ann, images, input_size=64, batch_size=1, training=False)
+    with pytest.raises(
         tf.errors.OpError, match=r"000000\.jpg \(image id 1\) is 120x90 but its annotation says 120x100"
     ):
-        list(make_dataset(ann, images, input_size=64, batch_size=1, training=False))
+        list(make_dataset(ann, images, input_size=64, batch_size=1, training=False, validate_images="off"))
 
 
 def test_keypoints_outside_the_image_and_crop_are_dropped(tmp_path):

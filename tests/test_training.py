@@ -209,7 +209,7 @@ def test_level_configs_hold_the_paper_recipe(level):
     config = load_config(ROOT / "training" / "configs" / f"{level}.yaml")
     from keras_ehrnet.scaling import get_config
 
-    assert config.model.level == level and config.model.num_joints == 17
+    assert config.model.level == level and config.model.num_joints is None  # from the data: COCO's 17
     assert config.data.input_size == get_config(level).input_size == RELEASED[level][0]
     assert config.data.batch_size == RELEASED[level][1]
     assert (config.data.sigma, config.data.max_people, config.data.flip_prob) == (2.0, 30, 0.5)

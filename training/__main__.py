@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int, help="training resolution R (multiple of 32)")
     parser.add_argument("--batch-size", type=int, help="images per replica (global batch = this × replicas)")
     parser.add_argument("--level", help='model level, "H0" … "H-4" or a coefficient φ')
-    parser.add_argument("--num-joints", type=int, help="keypoints per person in your data")
+    parser.add_argument(
+        "--num-joints", type=int, help="keypoints per person (default: from the training annotations)"
+    )
     parser.add_argument("--epochs", type=int, help="total epochs (the LR steps stay at optimizer.lr_steps)")
     parser.add_argument("--steps-per-epoch", type=int, help="default: one pass over the training images")
     parser.add_argument("--workdir", help="checkpoints, logs and models go here")
@@ -155,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         load_config,
         train,
     )
+    from keras_ehrnet.train.config import resolve_num_joints
 
     try:
         config = load_config(args.config) if args.config else TrainConfig()
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(config.to_yaml())
             return 0
-        result = train(config)
+        result = train(resolve_num_joints(config))
     except (ConfigError, DatasetError, BackboneWeightsError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -2,15 +2,13 @@
 
 Any COCO-style `person_keypoints`-like file works (COCO's 17 joints, CrowdPose's 14, animal
 sets …): the keypoint names and skeleton come from the category, the left/right flip pairs are
-inferred from the names or given explicitly. Every error names the annotation file, the image
-id or the annotation id, so a bad record in a 100 k-image file can be found.
+inferred from the names or given explicitly. The file and the image files are checked in one pass
+first (`keras_ehrnet.data.validate`); every error names the annotation file, the image id and
+the annotation id, so a bad record in a 100 k-image file can be found.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
 import os
 import re
@@ -22,7 +20,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
 from tqdm import tqdm
 
 log = logging.getLogger("keras_ehrnet.data")
@@ -161,22 +158,6 @@ def flip_index_from_pairs(pairs: Sequence[Sequence[int | str]], names: Sequence[
     return index
 
 
-def _load_json(ann_file: Path) -> dict:
-    try:
-        with open(ann_file, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"annotation file not found: {ann_file}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{ann_file}: not a valid JSON annotation file ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DatasetError(f"{ann_file}: not a COCO annotation file (no 'images' list)")
-    for key in ("annotations", "categories"):
-        if not isinstance(data.setdefault(key, []), list):
-            raise DatasetError(f"{ann_file}: '{key}' must be a list")
-    return data
-
-
 @dataclass(frozen=True)
 class KeypointSet:
     """A dataset's keypoints: names, skeleton (0-based links) and flip permutation."""
@@ -201,28 +182,53 @@ def parse_flip_pairs(text: str) -> list[list[int | str]]:
     return pairs
 
 
+def parse_skeleton(links, num_joints: int, where: str | os.PathLike = "") -> tuple[tuple[int, int], ...]:
+    """A category's 1-based `skeleton` links as 0-based pairs; links that name no keypoint are dropped.
+
+    The skeleton is only drawn, so a link that names no keypoint (CrowdPose's official files
+    carry COCO's 17-keypoint skeleton for their 14 keypoints) is dropped with one warning for
+    the whole list rather than refusing the file.
+    """
+    pairs, dropped = [], []
+    for link in links if isinstance(links, list) else []:
+        try:
+            a, b = (int(v) - 1 for v in link)  # COCO skeletons are 1-based
+        except (TypeError, ValueError):
+            dropped.append(link)
+            continue
+        if 0 <= a < num_joints and 0 <= b < num_joints and a != b:
+            pairs.append((a, b))
+        else:
+            dropped.append(link)
+    if dropped:
+        shown = ", ".join(str(d) for d in dropped[:3]) + (" …" if len(dropped) > 3 else "")
+        log.warning(
+            "%s: %d of %d skeleton links name no keypoint of the %d (%s): dropped (the skeleton is only drawn)",
+            where,
+            len(dropped),
+            len(links),
+            num_joints,
+            shown,
+        )
+    return tuple(pairs)
+
+
 def keypoint_set(
     ann_file: str | os.PathLike, flip_pairs: Sequence[Sequence[int | str]] | None = None
 ) -> KeypointSet:
     """The keypoint category of a COCO-format file (no images needed): for predicting and
     drawing with a model trained on that keypoint set. Flip pairs as in `CocoKeypoints`."""
+    from keras_ehrnet.data.validate import keypoint_categories, load_annotation_json
+
     ann_file = Path(ann_file)
-    data = _load_json(ann_file)
-    cats = [c for c in data["categories"] if isinstance(c, dict) and c.get("keypoints")]
-    if not cats:
-        raise DatasetError(f"{ann_file}: no category with a 'keypoints' list")
-    names = tuple(str(n) for n in cats[0]["keypoints"])
-    skeleton = []
-    for link in cats[0].get("skeleton") or []:
-        a, b = (int(v) - 1 for v in link)  # COCO skeletons are 1-based
-        if not (0 <= a < len(names) and 0 <= b < len(names)):
-            raise DatasetError(f"{ann_file}: skeleton link {link} names no keypoint")
-        skeleton.append((a, b))
+    cat = keypoint_categories(load_annotation_json(ann_file), ann_file)[0]
+    names = tuple(str(n) for n in cat["keypoints"])
+    skeleton = parse_skeleton(cat.get("skeleton"), len(names), ann_file)
     try:
         flip = flip_index_from_pairs(flip_pairs, names) if flip_pairs is not None else infer_flip_index(names)
     except DatasetError as err:
         raise DatasetError(f"{ann_file}: {err}") from None
-    return KeypointSet(names, tuple(skeleton), tuple(flip))
+    return KeypointSet(names, skeleton, tuple(flip))
 
 
 def _segmentation_rle(ann: dict, height: int, width: int, where: str) -> dict:
@@ -267,9 +273,14 @@ class CocoKeypoints:
         num_joints: if given, the number of keypoints the caller expects (checked).
         require_annotations: keep only images with at least one annotation of the category,
             crowd regions included, as the reference does for training.
-        skip_invalid: leave out images with invalid annotations or missing files (recorded
-            in `skip_log`) instead of raising.
+        skip_invalid: leave out images with invalid annotations or image files (recorded
+            in `skip_log`, each with its file, image id and annotation id) instead of raising
+            a DatasetError that names the first problem and counts them all.
         skip_log: where skipped images are recorded (a new one if None).
+        validate_images: how the image files are checked before anything trains on them:
+            "header" (exists, size as the JSON says, not cut short), "full" (also decoded) or
+            "off" (see `keras_ehrnet.data.validate`). Annotations are always checked.
+        progress: show a progress bar over long passes.
     """
 
     def __init__(
@@ -283,33 +294,56 @@ class CocoKeypoints:
         require_annotations: bool = True,
         skip_invalid: bool = False,
         skip_log: SkipLog | None = None,
+        validate_images: str = "header",
+        progress: bool = True,
     ) -> None:
+        from keras_ehrnet.data.validate import check_annotations, check_images
+
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
         self.skip_log = skip_log if skip_log is not None else SkipLog()
-        data = _load_json(self.ann_file)
-        self.coco = COCO()
-        self.coco.dataset = data
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-            try:
-                self.coco.createIndex()
-            except (KeyError, TypeError) as e:
-                raise DatasetError(f"{self.ann_file}: malformed COCO record ({e!r})") from None
-
-        cats = self._keypoint_categories(category_id)
+        self.progress = progress
+        checked = check_annotations(self.ann_file, category_id=category_id)
+        cats = checked.categories
         self.category_ids = [c["id"] for c in cats]
-        self.keypoint_names: list[str] = [str(n) for n in cats[0]["keypoints"]]
+        self.keypoint_names: list[str] = checked.keypoint_names
         self.num_joints = len(self.keypoint_names)
         if num_joints is not None and num_joints != self.num_joints:
             raise DatasetError(
-                f"{self.ann_file}: the category has {self.num_joints} keypoints, expected {num_joints}"
+                f"{self.ann_file}: the keypoint category has {self.num_joints} keypoints, expected "
+                f"{num_joints} (model.num_joints / --num-joints; leave it unset to take the file's)"
             )
-        self.skeleton = self._skeleton(cats[0])
-        if flip_pairs is None:
-            self.flip_index = infer_flip_index(self.keypoint_names)
-        else:
-            self.flip_index = flip_index_from_pairs(flip_pairs, self.keypoint_names)
-        self.records: list[ImageRecord] = self._read_records(require_annotations, skip_invalid)
+        checked.raise_or_log(skip_invalid, self.skip_log, self.image_dir)
+        self.coco = checked.coco()
+        self.skeleton = list(parse_skeleton(cats[0].get("skeleton"), self.num_joints, self.ann_file))
+        try:
+            if flip_pairs is None:
+                self.flip_index = infer_flip_index(self.keypoint_names)
+            else:
+                self.flip_index = flip_index_from_pairs(flip_pairs, self.keypoint_names)
+        except DatasetError as err:
+            raise DatasetError(f"{self.ann_file}: {err}") from None
+        self._check_files = validate_images == "off"  # else check_images names missing files
+        records = self._read_records(require_annotations, skip_invalid)
+        problems = check_images(
+            ((r.image_id, os.path.relpath(r.path, self.image_dir), r.width, r.height) for r in records),
+            self.ann_file,
+            self.image_dir,
+            validate_images,
+            progress=progress,
+        )
+        if problems:
+            if not skip_invalid:
+                from keras_ehrnet.data.validate import problems_error
+
+                raise problems_error(problems, "; data.skip_invalid=true skips such images")
+            for p in problems:
+                self.skip_log.add(p.image_id, str(p.image_file), p.message)
+            bad = {p.image_id for p in problems}
+            records = [r for r in records if r.image_id not in bad]
+        if self.skip_log.count:
+            log.warning("%s: %s", self.ann_file, self.skip_log.report())
+        self.records: list[ImageRecord] = records
         self.image_ids = [r.image_id for r in self.records]
 
     @property
@@ -331,35 +365,15 @@ class CocoKeypoints:
         ann_ids = self.coco.getAnnIds(imgIds=[image_id], catIds=self.category_ids, iscrowd=None)
         return self.coco.loadAnns(ann_ids)
 
-    def _keypoint_categories(self, category_id: int | None) -> list[dict]:
-        cats = [c for c in self.coco.dataset["categories"] if c.get("keypoints")]
-        if category_id is not None:
-            cats = [c for c in cats if c.get("id") == category_id]
-            if not cats:
-                raise DatasetError(f"{self.ann_file}: no keypoint category with id {category_id}")
-        if not cats:
-            raise DatasetError(f"{self.ann_file}: no category with a 'keypoints' list")
-        names = [list(c["keypoints"]) for c in cats]
-        if any(n != names[0] for n in names):
-            ids = [c.get("id") for c in cats]
-            raise DatasetError(
-                f"{self.ann_file}: keypoint categories {ids} have different keypoint lists; pass category_id"
-            )
-        return cats
-
-    def _skeleton(self, cat: dict) -> list[tuple[int, int]]:
-        pairs = []
-        for link in cat.get("skeleton") or []:
-            a, b = (int(v) - 1 for v in link)  # COCO skeletons are 1-based
-            if not (0 <= a < self.num_joints and 0 <= b < self.num_joints):
-                raise DatasetError(f"{self.ann_file}: skeleton link {link} names no keypoint")
-            pairs.append((a, b))
-        return pairs
-
     def _read_records(self, require_annotations: bool, skip_invalid: bool) -> list[ImageRecord]:
         records = []
         images = self.coco.dataset["images"]
-        bar = tqdm(images, desc="annotations", unit="img", disable=len(images) < _PROGRESS_MIN_IMAGES)
+        bar = tqdm(
+            images,
+            desc="annotations",
+            unit="img",
+            disable=not self.progress or len(images) < _PROGRESS_MIN_IMAGES,
+        )
         for info in bar:
             try:
                 record = self._record(info)
@@ -372,15 +386,13 @@ class CocoKeypoints:
                 continue
             if record is None or (require_annotations and not record.ann_ids):
                 continue
-            if not os.path.isfile(record.path):
+            if self._check_files and not os.path.isfile(record.path):
                 message = f"image file not found: {record.path} (image id {record.image_id})"
                 if not skip_invalid:
                     raise FileNotFoundError(message)
                 self.skip_log.add(record.image_id, record.path, "image file not found")
                 continue
             records.append(record)
-        if self.skip_log.count:
-            log.warning("%s: %s", self.ann_file, self.skip_log.report())
         return records
 
     def _record(self, info: dict) -> ImageRecord | None:
@@ -431,36 +443,49 @@ class CocoKeypoints:
         )
 
 
-def _jpeg_is_complete(data: bytes) -> bool:
+def jpeg_is_complete(data: bytes) -> bool:
     """True if the JPEG's last scan is closed by an end-of-image marker.
 
     Entropy-coded data never holds 0xFFD9 (0xFF bytes are stuffed), so a file cut short has
-    no end-of-image marker after its last start-of-scan marker.
+    no end-of-image marker after its last start-of-scan marker. `data` may be the whole file
+    or only its last bytes.
     """
-    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda") >= 0
+    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
 
 
-def load_image(record: ImageRecord) -> np.ndarray:
-    """Decode an image as RGB uint8 [height, width, 3], as the annotations see it.
+def decode_image_file(
+    path: str | os.PathLike, width: int, height: int, image_id: object = None
+) -> np.ndarray:
+    """Decode an image file as RGB uint8 [height, width, 3], checking it against the JSON's size.
 
-    Grayscale and RGBA files become RGB; EXIF orientation is ignored, as COCO annotates the
-    stored pixels. Raises ImageError naming the file for missing, undecodable, truncated or
-    wrongly sized images.
+    Grayscale, RGBA and 16-bit files become 8-bit RGB; EXIF orientation is ignored, as COCO
+    annotates the stored pixels. Raises ImageError naming the file (and the image id) for
+    missing, empty, undecodable, truncated or wrongly sized images.
     """
-    where = f"{record.path} (image id {record.image_id})"
+    where = f"{path}" + (f" (image id {image_id})" if image_id is not None else "")
     try:
-        with open(record.path, "rb") as f:
+        with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise ImageError(f"cannot read image {where}: {e.strerror or e}") from None
-    if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
+    if not data:
+        raise ImageError(f"image file {where} is empty (0 bytes)")
+    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
         raise ImageError(f"truncated JPEG {where}")
     rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
     flags = (cv2.IMREAD_COLOR if rgb is None else rgb) | cv2.IMREAD_IGNORE_ORIENTATION
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as e:  # OpenCV raises for some malformed buffers instead of returning None
+        raise ImageError(f"cannot decode image {where}: {str(e).strip().splitlines()[-1]}") from None
     if image is None:
         raise ImageError(f"cannot decode image {where}: not a readable image file")
-    if image.shape[:2] != (record.height, record.width):
+    if image.shape[:2] != (height, width):
         h, w = image.shape[:2]
-        raise ImageError(f"image {where} is {w}x{h} but its annotation says {record.width}x{record.height}")
+        raise ImageError(f"image {where} is {w}x{h} but its annotation says {width}x{height}")
     return image if rgb is not None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
+
+
+def load_image(record: ImageRecord) -> np.ndarray:
+    """Decode a record's image as RGB uint8 [height, width, 3] (see `decode_image_file`)."""
+    return decode_image_file(record.path, record.width, record.height, record.image_id)

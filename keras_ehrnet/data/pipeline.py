@@ -332,6 +332,7 @@ def make_dataset(
     cache: bool = False,
     skip_invalid: bool = False,
     skip_log: SkipLog | None = None,
+    validate_images: str = "header",
     max_people: int = 30,
     sigma: float = 2.0,
     drop_remainder: bool | None = None,
@@ -359,6 +360,8 @@ def make_dataset(
         cache: keep decoded images in memory (small datasets only).
         skip_invalid: leave out bad samples (recorded in `skip_log`, reported at the end of
             each finite pass) instead of raising.
+        validate_images: the image check before the first batch ("header", "full" or "off";
+            see `keras_ehrnet.data.validate`); annotations are always checked.
         batch_size: the global batch; with an input context or strategy each replica gets
             batch_size / replicas, and each input pipeline reads its own shard of the images.
         strategy: return `strategy.distribute_datasets_from_function(...)` (a distributed
@@ -372,6 +375,7 @@ def make_dataset(
         require_annotations=training,
         skip_invalid=skip_invalid,
         skip_log=skip_log,
+        validate_images=validate_images,
     )
     kwargs = dict(
         input_size=input_size,

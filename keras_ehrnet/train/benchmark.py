@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ehrnet.benchmarking import CpuMeter, machine_info
-from keras_ehrnet.train.config import TrainConfig, apply_overrides, config_from_dict
+from keras_ehrnet.train.config import TrainConfig, apply_overrides, config_from_dict, resolve_num_joints
 from keras_ehrnet.train.trainer import CocoTrainData, Trainer, TrainResult
 
 
@@ -394,6 +394,7 @@ def overfit(
     config: TrainConfig = config_from_dict(values, "overfit")
     if overrides:
         config = apply_overrides(config, overrides)
+    config = resolve_num_joints(config, announce=None)
     data = CocoTrainData(config, global_batch=config.data.batch_size)
     image_ids = list(data.dataset.image_ids)
 

@@ -22,7 +22,7 @@ import difflib
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,8 @@ class ModelConfig:
     """Which EfficientHRNet to train."""
 
     level: float | str = "H0"  # "H0" … "H-4" or a compound coefficient φ
-    num_joints: int = 17
+    # keypoints per person; None: from the training annotations (`resolve_num_joints`)
+    num_joints: int | None = None
     tag_per_joint: bool = True
     hr_init: str = "released"  # or "he": the HR part initialised like the backbone (from scratch)
     drop_connect_rate: float = DROP_CONNECT_RATE  # backbone stochastic depth (released: 0.2)
@@ -72,6 +73,8 @@ class DataConfig:
     # the network that borders hold nobody, for models that will see letterboxed inputs
     ignore_padding: bool = True
     skip_invalid: bool = False
+    # image files checked before the first step: "header" (size, not cut short), "full" (decoded), "off"
+    validate_images: str = "header"
     cache: bool = False
     # left/right keypoint pairs swapped by horizontal flips (training and flip test), as names
     # or 0-based indices; default: inferred from left_*/right_* keypoint names
@@ -327,6 +330,27 @@ def apply_overrides(
     return config
 
 
+def resolve_num_joints(config: TrainConfig, announce: Callable[[str], None] | None = print) -> TrainConfig:
+    """`config` with model.num_joints set: as given, or (when unset) the keypoint count of
+    data.train_ann's keypoint category, said in one line through `announce`; COCO's 17
+    without training annotations. A given value that disagrees with the data is refused
+    later, naming both numbers and the file (`CocoKeypoints`)."""
+    if config.model.num_joints is not None:
+        return config
+    num_joints, origin = 17, "COCO's, no data.train_ann"
+    if config.data.train_ann:
+        from keras_ehrnet.data.dataset_info import find_dataset_info
+        from keras_ehrnet.data.validate import keypoint_categories, load_annotation_json
+
+        path = config.data.train_ann
+        names = keypoint_categories(load_annotation_json(path), path)[0]["keypoints"]
+        info = find_dataset_info(names)
+        num_joints, origin = len(names), f"from {path}" + (f", {info.name}'s keypoints" if info else "")
+    if announce is not None:
+        announce(f"model.num_joints: {num_joints} ({origin})")
+    return apply_overrides(config, {"model.num_joints": num_joints}, source="resolve_num_joints")
+
+
 def validate(config: TrainConfig, source: str = "config") -> None:
     """Refuse impossible settings with a message naming the key and value."""
 
@@ -334,10 +358,10 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: {key} {message}")
 
     try:
-        get_config(config.model.level, num_joints=max(config.model.num_joints, 1))
+        get_config(config.model.level, num_joints=max(config.model.num_joints or 17, 1))
     except (ValueError, TypeError) as err:
         fail("model.level", f"= {config.model.level!r} is not a level: {err}")
-    if config.model.num_joints < 1:
+    if config.model.num_joints is not None and config.model.num_joints < 1:
         fail("model.num_joints", f"must be >= 1, got {config.model.num_joints}")
     from keras_ehrnet.blocks import HR_INITS
 
@@ -371,6 +395,8 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         fail("data.min_scale/max_scale", f"need 0 < min_scale <= max_scale, got {d.min_scale}, {d.max_scale}")
     if d.scale_type not in ("short", "long"):
         fail("data.scale_type", f"must be 'short' or 'long', got {d.scale_type!r}")
+    if d.validate_images not in ("header", "full", "off"):
+        fail("data.validate_images", f"must be 'header', 'full' or 'off', got {d.validate_images!r}")
     if (d.val_ann is None) != (d.val_images is None):
         fail("data.val_ann/val_images", "must be given together")
     if d.flip_pairs is not None:

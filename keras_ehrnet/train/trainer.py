@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ehrnet.losses import EHRNetLoss
-from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig
+from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig, resolve_num_joints
 from keras_ehrnet.train.distribute import is_chief, make_strategy, remove_scratch, write_dir
 from keras_ehrnet.train.finetune import InitReport, freeze_backbone, load_initial_weights
 from keras_ehrnet.train.monitor import TrainMonitor, heatmap_panel
@@ -90,6 +90,7 @@ class CocoTrainData:
             flip_pairs=d.flip_pairs,
             require_annotations=True,
             skip_invalid=d.skip_invalid,
+            validate_images=d.validate_images,
         )
         self.num_examples = len(self.dataset)
 
@@ -198,6 +199,7 @@ class Trainer:
         dataset_fn: DatasetFn | None = None,
         evaluate_fn: Callable[[keras.Model], Mapping[str, Any]] | None = None,
     ):
+        config = resolve_num_joints(config)  # unset: the training annotations' count
         self.config = config
         self.strategy = strategy or make_strategy(config.train.strategy)
         self.chief = is_chief(self.strategy)

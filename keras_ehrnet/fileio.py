@@ -8,6 +8,7 @@ which is atomic. A reader sees either the previous file or the complete new one,
 
 `check_writable` tests an output location before long work starts, so a mistyped or
 read-only `--out` fails in a second with one line instead of after the work is done.
+`one_line` turns any exception (TF's included) into the one line the programs print.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -165,3 +167,13 @@ def check_writable(path: str | os.PathLike, *, kind: str = "file", what: str = "
         reason = err.strerror or type(err).__name__
         raise OutputPathError(f"{what} {path} cannot be written: {existing}: {reason}") from None
     return path
+
+
+def one_line(err: BaseException, limit: int = 400) -> str:
+    """An exception as one short line (TF errors carry graph-node lines and multi-line details)."""
+    text = getattr(err, "message", None) or str(err) or type(err).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("[[")]
+    text = lines[0] if lines else type(err).__name__
+    text = f"{type(err).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

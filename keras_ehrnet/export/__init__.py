@@ -27,12 +27,14 @@ from keras_ehrnet.decoding import DecodeConfig
 from keras_ehrnet.export.common import (
     DEFAULT_CALIBRATION_IMAGES,
     calibration_images,
+    collect_skipped,
     letterbox,
     letterbox_tf,
     list_images,
     read_image,
     resolve_size,
 )
+from keras_ehrnet.fileio import OutputPathError, check_writable
 from keras_ehrnet.runtimes import RuntimeUnavailableError
 
 FORMATS = ("savedmodel", "tflite", "onnx", "tftrt", "tensorrt")
@@ -46,6 +48,8 @@ SUPPORTED_PRECISIONS: dict[str, tuple[str, ...]] = {
 }
 # Formats whose artefact is exported at one input size.
 FIXED_SIZE_FORMATS = ("tflite", "tftrt", "tensorrt")
+# Formats whose artefact is a folder.
+DIRECTORY_FORMATS = ("savedmodel", "tftrt")
 _ADVICE = {
     "savedmodel": "for fp16/int8 use --format tflite, tftrt or tensorrt",
     "onnx": "for fp16/int8 on Jetson build a TensorRT engine from the fp32 ONNX (--format tensorrt, or trtexec --fp16/--int8)",
@@ -57,9 +61,11 @@ __all__ = [
     "PRECISIONS",
     "SUPPORTED_PRECISIONS",
     "DecodeConfig",
+    "OutputPathError",
     "RuntimeUnavailableError",
     "calibration_images",
     "check_options",
+    "collect_skipped",
     "default_output_path",
     "export",
     "letterbox",
@@ -145,6 +151,8 @@ def export(
     where the runtime (TF-TRT, TensorRT) is missing, naming the alternative.
     """
     check_options(format, precision, with_decoder=with_decoder)
+    # an output that cannot be written fails now, not after the conversion
+    check_writable(out, kind="dir" if format in DIRECTORY_FORMATS else "file", what="--out")
     if format == "tftrt":
         from keras_ehrnet.export.tftrt import require_tftrt
 

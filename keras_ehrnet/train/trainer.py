@@ -38,7 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ehrnet.fileio import atomic_save_model, check_writable, remove_stale_temporaries
+from keras_ehrnet.fileio import atomic_save_model, check_writable, one_line, remove_stale_temporaries
 from keras_ehrnet.losses import EHRNetLoss
 from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig
 from keras_ehrnet.train.distribute import is_chief, make_strategy, remove_scratch, write_dir
@@ -68,18 +68,6 @@ class TrainingFailedError(RuntimeError):
         self.checkpoint = checkpoint
         self.step = step
         self.input_error = input_error
-
-
-def one_line(err: BaseException, limit: int = 400) -> str:
-    """An exception as one short line (TF errors carry graph-node lines and multi-line details)."""
-    import re
-
-    text = getattr(err, "message", None) or str(err) or type(err).__name__
-    text = re.sub(r"\{\{function_node [^}]*\}\}", "", text)
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("[[")]
-    text = lines[0] if lines else type(err).__name__
-    text = f"{type(err).__name__}: {text}"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass

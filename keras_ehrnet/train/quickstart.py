@@ -8,13 +8,14 @@ stage work end to end, on real data, with the same code a full training uses.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from keras_ehrnet.fileio import atomic_write_json
 
 # people scoring less are left out of the drawings (all of them are scored for AP)
 DRAW_MIN_SCORE = 0.05
@@ -139,7 +140,7 @@ def quickstart(
         value = metrics[key]
         if value is None or not math.isfinite(value):
             raise RuntimeError(f"quickstart: {key} is {value!r}; expected a finite number")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write_json(out / "metrics.json", metrics, indent=1)
     return metrics
 
 

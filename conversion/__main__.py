@@ -97,10 +97,18 @@ def _size_on_disk(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from keras_ehrnet.export import RuntimeUnavailableError, check_options, collect_skipped, export
+    from keras_ehrnet.export import (
+        DIRECTORY_FORMATS,
+        RuntimeUnavailableError,
+        check_options,
+        collect_skipped,
+        export,
+    )
+    from keras_ehrnet.fileio import check_writable
 
     try:
         check_options(args.format, args.precision, with_decoder=args.with_decoder)
+        check_writable(args.out, kind="dir" if args.format in DIRECTORY_FORMATS else "file", what="--out")
         if args.format == "tftrt":
             from keras_ehrnet.export.tftrt import require_tftrt
 

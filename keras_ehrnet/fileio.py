@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -177,3 +178,24 @@ def one_line(err: BaseException, limit: int = 400) -> str:
     text = lines[0] if lines else type(err).__name__
     text = f"{type(err).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_keras_archive(path: str | os.PathLike) -> None:
+    """Raise ValueError saying what is wrong with a `.keras` file that is not a complete Keras
+    model archive (empty, not a zip, no config.json inside, a damaged member); Keras itself
+    reports such files as "File not found"."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (0 bytes); was its writing interrupted?")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a .keras file (not a zip archive; truncated or another format?)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable .keras file: {one_line(err)}") from None
+    if "config.json" not in names:
+        raise ValueError(f"{path}: a zip archive but not a Keras model (no config.json inside)")
+    if bad is not None:
+        raise ValueError(f"{path}: damaged .keras file ({bad} fails its checksum)")

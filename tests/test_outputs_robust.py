@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import pytest
 from test_predictor import IMAGE_SIZE, SceneRunner, scene
-from test_training import tiny_trainer
+from test_training import tiny_model, tiny_trainer
 
 from keras_ehrnet.export import calibration_images, collect_skipped
 from keras_ehrnet.fileio import OutputPathError, atomic_path, atomic_write_json, check_writable
@@ -104,26 +104,25 @@ def test_conversion_refuses_an_unwritable_out_before_converting(tmp_path, capsys
 def test_predict_program_checks_out_and_strict_fails_on_skipped_inputs(tmp_path, capsys):
     from evaluation.predict import main
 
+    model = tmp_path / "tiny.keras"
+    tiny_model().save(model)  # 3 keypoints, any input size: fast to load and run
     folder = tmp_path / "in"
     folder.mkdir()
     cv2.imwrite(str(folder / "good.jpg"), np.full((50, 70, 3), 128, np.uint8))
     (folder / "notes.jpg").write_text("a text file renamed .jpg")
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
-    common = ["--level", "H-4", "--input-size", "64", "--quiet", str(folder)]
+    common = ["--model", str(model), "--input-size", "64", "--no-flip", "--quiet", str(folder)]
 
     assert main([*common, "--out", str(a_file / "out")]) == 2
     assert "file.txt is a file" in capsys.readouterr().err
 
     out = tmp_path / "out"
-    assert main([*common, "--out", str(out)]) == 0  # the good image is predicted, the other listed
+    assert main([*common, "--out", str(out), "--strict"]) == 2  # after predicting the good image
+    assert "--strict: 1 input(s) skipped" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert [s["input"] for s in summary["skipped"]] == [str(folder / "notes.jpg")]
     assert summary["frames"] == 1 and (out / "good.json").is_file()
-    capsys.readouterr()
-    assert main([*common, "--out", str(out), "--strict"]) == 2
-    assert "--strict: 1 input(s) skipped" in capsys.readouterr().err
-    assert json.loads((out / "summary.json").read_text())["frames"] == 1  # written before exiting
 
 
 # ---------------------------------------------------------------------------- batch programs skip and go on
@@ -157,6 +156,23 @@ def test_calibration_skips_and_lists_unreadable_images(tmp_path):
     (tmp_path / "c.png").write_bytes(b"")
     with pytest.raises(ValueError, match="none of the 3 calibration images"):
         list(calibration_images(tmp_path, (64, 64), progress=False))
+
+
+def test_broken_model_files_are_named_with_what_is_wrong(tmp_path):
+    from keras_ehrnet.export import export
+    from keras_ehrnet.runtimes import load_runner
+
+    truncated = tmp_path / "final.keras"
+    tiny_model().save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])  # a kill during a non-atomic save
+    for load in (lambda p: export(p, "onnx", tmp_path / "m.onnx"), load_runner):
+        with pytest.raises(ValueError, match="final.keras: not a .keras file"):
+            load(truncated)
+    copy = tmp_path / "copied_savedmodel"
+    copy.mkdir()
+    (copy / "saved_model.pb").write_bytes(b"\x08\x01")  # the copy stopped before variables/
+    with pytest.raises(ValueError, match="copied_savedmodel has no variables/ folder"):
+        load_runner(copy)
 
 
 # ---------------------------------------------------------------------------- Predictor values

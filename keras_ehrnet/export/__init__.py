@@ -34,7 +34,7 @@ from keras_ehrnet.export.common import (
     read_image,
     resolve_size,
 )
-from keras_ehrnet.fileio import OutputPathError, check_writable
+from keras_ehrnet.fileio import OutputPathError, check_keras_archive, check_writable
 from keras_ehrnet.runtimes import RuntimeUnavailableError
 
 FORMATS = ("savedmodel", "tflite", "onnx", "tftrt", "tensorrt")
@@ -57,6 +57,7 @@ _ADVICE = {
 
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
+    "DIRECTORY_FORMATS",
     "FORMATS",
     "PRECISIONS",
     "SUPPORTED_PRECISIONS",
@@ -120,6 +121,7 @@ def _load_model(model: Any) -> Any:
         raise ValueError(f"expected a .keras model file (saved with model.save), got {path}")
     import keras_ehrnet  # noqa: F401  (registers EfficientHRNet)
 
+    check_keras_archive(path)  # says what is wrong where Keras would say "File not found"
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:

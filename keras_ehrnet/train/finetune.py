@@ -178,24 +178,12 @@ def _first_line(err: BaseException) -> str:
 
 def _load_keras_source(path: Path) -> keras.Model:
     """Load a `.keras` file, saying what is wrong with one that is not a Keras model archive."""
-    import zipfile
+    from keras_ehrnet.fileio import check_keras_archive
 
-    if path.stat().st_size == 0:
-        raise ConfigError(f"--init {path}: the file is empty (0 bytes); was its writing interrupted?")
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(
-            f"--init {path}: not a .keras file (not a zip archive; truncated or another format?)"
-        )
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise ConfigError(f"--init {path}: not a readable .keras file: {_first_line(err)}") from None
-    if "config.json" not in names:
-        raise ConfigError(f"--init {path}: a zip archive but not a Keras model (no config.json inside)")
-    if bad is not None:
-        raise ConfigError(f"--init {path}: damaged .keras file ({bad} fails its checksum)")
+        check_keras_archive(path)
+    except ValueError as err:
+        raise ConfigError(f"--init {err}") from None
     import keras_ehrnet  # noqa: F401  (registers EfficientHRNet for deserialisation)
 
     try:

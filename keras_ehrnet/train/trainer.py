@@ -427,7 +427,10 @@ class Trainer:
         for folder in (self.workdir / "checkpoints", self.workdir / "best"):
             if folder.is_dir():
                 for temp in folder.glob("*_temp*"):
-                    shutil.rmtree(temp, ignore_errors=True) if temp.is_dir() else temp.unlink()
+                    if temp.is_dir():
+                        shutil.rmtree(temp, ignore_errors=True)
+                    else:
+                        temp.unlink(missing_ok=True)
         remove_stale_temporaries(self.workdir)
 
     def _fail(

@@ -7,7 +7,9 @@
 `--level H-4` instead of `--model` exports a randomly initialised model (smoke
 runs). `--verify DIR` runs the artefact and the Keras model on real images
 from DIR and prints how far apart their outputs are. The work is done by
-keras_ehrnet.export.export.
+keras_ehrnet.export.export. `--out` is checked before any work; the artefact is
+written under a temporary name and renamed into place when complete. Calibration
+images that cannot be read are skipped and listed (`--strict`: exit 2 if any were).
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-threads", type=int, default=None, help="CPU threads for --verify (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 2 when any calibration image was skipped (the artefact is still written)",
+    )
+    p.add_argument(
         "--out", type=Path, required=True, help="output file (.tflite, .onnx, .engine) or directory"
     )
     return p.parse_args(argv)
@@ -90,10 +97,18 @@ def _size_on_disk(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from keras_ehrnet.export import RuntimeUnavailableError, check_options, export
+    from keras_ehrnet.export import (
+        DIRECTORY_FORMATS,
+        RuntimeUnavailableError,
+        check_options,
+        collect_skipped,
+        export,
+    )
+    from keras_ehrnet.fileio import check_writable
 
     try:
         check_options(args.format, args.precision, with_decoder=args.with_decoder)
+        check_writable(args.out, kind="dir" if args.format in DIRECTORY_FORMATS else "file", what="--out")
         if args.format == "tftrt":
             from keras_ehrnet.export.tftrt import require_tftrt
 
@@ -101,23 +116,26 @@ def main(argv: list[str] | None = None) -> int:
         model = _model(args)
         source = args.model or f"a random {args.level}"
         print(f"exporting {source} to {args.format} ({args.precision}) …", flush=True)
-        out = export(
-            model,
-            args.format,
-            args.out,
-            precision=args.precision,
-            input_size=args.input_size,
-            calibration_images=args.calibration_images,
-            num_calibration_images=args.num_calibration_images,
-            with_decoder=args.with_decoder,
-            opset=args.opset,
-            max_batch=args.max_batch,
-            progress=not args.no_progress,
-        )
+        with collect_skipped() as skipped:
+            out = export(
+                model,
+                args.format,
+                args.out,
+                precision=args.precision,
+                input_size=args.input_size,
+                calibration_images=args.calibration_images,
+                num_calibration_images=args.num_calibration_images,
+                with_decoder=args.with_decoder,
+                opset=args.opset,
+                max_batch=args.max_batch,
+                progress=not args.no_progress,
+            )
     except (ValueError, FileNotFoundError, RuntimeUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out} ({_size_on_disk(out) / 2**20:.1f} MiB)")
+    for entry in skipped:
+        print(f"skipped calibration image {entry['input']}: {entry['reason']}", file=sys.stderr)
     if args.verify is not None:
         from keras_ehrnet.export.parity import verify_artefact
 
@@ -127,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         _print_verification(report)
+    if args.strict and skipped:
+        print(f"--strict: {len(skipped)} calibration image(s) skipped", file=sys.stderr)
+        return 2
     return 0
 
 

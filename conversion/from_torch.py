@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from keras_ehrnet.fileio import atomic_save_model
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m conversion.from_torch", description=__doc__.split("\n")[0])
@@ -67,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(args.out)
+    atomic_save_model(model, args.out)
     print(f"wrote {args.out} ({model.name}, {model.count_params():,} weights)")
     return 0
 

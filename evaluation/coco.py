@@ -12,7 +12,6 @@ and listed and the rest scored; `--strict` then exits with status 2.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -93,7 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from keras_ehrnet.evaluate import evaluate_coco, evaluate_results_file
+    from keras_ehrnet.fileio import OutputPathError, atomic_write_json, check_writable
 
+    try:  # before the work: an output that cannot be written would lose it
+        for path, flag in ((args.json, "--json"), (args.out, "--out")):
+            if path is not None:
+                check_writable(path, what=flag)
+    except OutputPathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.results:
         try:
             summary = evaluate_results_file(args.ann, args.results, oks_sigmas=args.oks_sigmas)
@@ -102,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"\nAP {summary['AP']:.4f}  AR {summary['AR']:.4f}  ({summary['people']} detections)")
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(summary, indent=1))
+            atomic_write_json(args.json, summary, indent=1)
         return _strict_failure(args, summary)
     if args.images is None:
         parser.error("--images is required unless --results is given")
@@ -159,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         print(f"results written to {args.out}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=1))
+        atomic_write_json(args.json, summary, indent=1)
         print(f"summary written to {args.json}")
     return _strict_failure(args, summary)
 

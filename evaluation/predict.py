@@ -4,7 +4,10 @@
 
 For each image `<name>.json` (people: keypoints [x, y, score] in image pixels,
 score, box) and `<name>.jpg` with the skeletons; for each video `<name>.json`
-(people per frame) and `<name>.mp4`. Unreadable files are skipped and listed.
+(people per frame) and `<name>.mp4`, and `summary.json` for the run. Unreadable files and
+inputs the model cannot take are skipped and listed; the others are still predicted. Exit
+status: 0 done (2 with `--strict` when anything was skipped), 1 nothing could be predicted,
+2 bad options or model, or an --out that cannot be written (checked before the model loads).
 Frames per second (prediction only: not file I/O, drawing or the one-time warm-up) are
 reported at the end.
 """
@@ -12,7 +15,6 @@ reported at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -52,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-draw", action="store_true", help="JSON only, no drawn images or videos")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--strict", action="store_true", help="exit with status 2 when any input was skipped (after the rest)"
+    )
     return p
 
 
@@ -59,18 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from keras_ehrnet.data.coco import DatasetError, flip_index_from_pairs, keypoint_set, parse_flip_pairs
+    from keras_ehrnet.fileio import OutputPathError, atomic_write_json, check_writable
     from keras_ehrnet.predictor import Predictor, as_runner, predict_files
     from keras_ehrnet.viz import draw_people
 
     names = skeleton = flip_index = None
     try:
+        check_writable(args.out, kind="dir", what="--out")
         pairs = parse_flip_pairs(args.flip_pairs) if args.flip_pairs else None
         if args.keypoints:
             spec = keypoint_set(args.keypoints, pairs)
             names, skeleton, flip_index = spec.names, spec.skeleton, spec.flip_index
         elif pairs is not None and any(isinstance(side, str) for pair in pairs for side in pair):
             raise ValueError("--flip-pairs with names needs --keypoints ANN (or give 0-based indices)")
-    except (FileNotFoundError, ValueError, DatasetError) as err:
+    except (FileNotFoundError, ValueError, DatasetError, OutputPathError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
@@ -116,8 +123,13 @@ def main(argv: list[str] | None = None) -> int:
         f"({predictor.name}, input {predictor.input_size}, flip {'on' if predictor.flip else 'off'}; "
         f"{summary['warmup_seconds']:.1f} s one-time warm-up not counted)"
     )
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return 0 if summary["inputs"] or not summary["skipped"] else 1
+    atomic_write_json(args.out / "summary.json", summary, indent=1)
+    if not summary["inputs"] and summary["skipped"]:
+        return 1
+    if args.strict and summary["skipped"]:
+        print(f"--strict: {len(summary['skipped'])} input(s) skipped", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

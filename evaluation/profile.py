@@ -11,10 +11,10 @@ the paper's figures are higher (e.g. H0: 19.7 M parameters in the code, 23.3 M i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from keras_ehrnet.fileio import atomic_write_json
 from keras_ehrnet.scaling import PAPER_FACTS, PRESET_NAMES
 
 
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": info, "threads": threads, "levels": rows}, indent=1))
+        atomic_write_json(args.json, {"machine": info, "threads": threads, "levels": rows}, indent=1)
         print(f"wrote {args.json}")
     return 0
 

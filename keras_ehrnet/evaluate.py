@@ -27,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from keras_ehrnet.decoding import DecodeConfig, DecodeResult, decode_outputs
+from keras_ehrnet.fileio import atomic_write_json
 
 log = logging.getLogger("keras_ehrnet.evaluate")
 
@@ -354,8 +355,7 @@ def evaluate_coco(
         for s in skipped:
             print(f"  {s['line']}")
     if results_path is not None:
-        Path(results_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(results_path).write_text(json.dumps(results))
+        atomic_write_json(results_path, results)
     if evaluated:
         stats = coco_summary(
             coco, results, evaluated, oks_sigmas=oks_sigmas, keypoint_names=names, verbose=verbose

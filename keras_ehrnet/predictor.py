@@ -12,8 +12,8 @@ images with clear errors, and the image/folder/video loop behind
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -34,6 +34,7 @@ from keras_ehrnet.decoding import (
     ScaleOutputs,
     decode_outputs,
 )
+from keras_ehrnet.fileio import OutputPathError, atomic_path, atomic_write_json, one_line
 from keras_ehrnet.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, make_test_plan, warp_image
 
 log = logging.getLogger("keras_ehrnet.predictor")
@@ -120,20 +121,49 @@ def _native_input_size(runner: Any) -> int | None:
 
 
 def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Any image array → RGB uint8 [H, W, 3]: grayscale repeated, alpha dropped, floats clipped to 0..255."""
+    """Any image array → RGB uint8 [H, W, 3]: grayscale repeated, alpha dropped.
+
+    Value rule: uint8 as it is; uint16 divided by 257 (0..65535 → 0..255); other integers
+    must lie in 0..255; floats whose maximum is at most 1 are taken as 0..1 and multiplied by
+    255 (so a float image from most image libraries is not turned black), other floats must
+    lie in 0..255 and are rounded. Anything else (NaN or infinite values, values outside
+    those ranges, bool or non-numeric arrays, a batch, channels first) is refused with a
+    ValueError that names the shape, dtype or value range.
+    """
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"{name} must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; got shape {image.shape}")
+        hint = ""
+        if image.ndim == 4:
+            hint = " (a batch? pass one image at a time)"
+        elif image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] > 4:
+            hint = " (channels first? use image.transpose(1, 2, 0))"
+        raise ValueError(
+            f"{name} must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; got shape {image.shape}{hint}"
+        )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {image.shape}")
     if image.dtype != np.uint8:
-        if image.dtype == bool or not np.issubdtype(image.dtype, np.number):
-            raise ValueError(f"{name} must hold numbers in 0..255; got dtype {image.dtype}")
+        if image.dtype == bool or not (
+            np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+        ):
+            raise ValueError(
+                f"{name} must hold numbers in 0..255 (or floats in 0..1); got dtype {image.dtype}"
+            )
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise ValueError(f"{name} holds NaN or infinite values (dtype {image.dtype})")
+        low, high = image.min(), image.max()
         if image.dtype == np.uint16:
             image = image / 257.0
-        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+        elif np.issubdtype(image.dtype, np.floating) and low >= 0 and high <= 1:
+            image = image * 255.0  # floats in 0..1
+        elif low < 0 or high > 255:
+            raise ValueError(
+                f"{name} values must lie in 0..255 (or 0..1 for floats); got {low:.6g}..{high:.6g} "
+                f"(dtype {image.dtype})"
+            )
+        image = np.rint(image).astype(np.uint8)
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
     elif image.shape[-1] == 4:
@@ -322,7 +352,9 @@ class Predictor:
         return time.perf_counter() - t
 
     def predict(self, image: np.ndarray) -> list[Person]:
-        """People in an RGB image (uint8 [H, W, 3]; grayscale and RGBA accepted), best first."""
+        """People in an RGB image (uint8 [H, W, 3]; grayscale and RGBA accepted), best first.
+
+        Floats in 0..1 are scaled by 255; see `to_rgb_uint8` for the values accepted."""
         return self.predict_result(image).people(self.min_score)
 
     def __repr__(self) -> str:
@@ -377,7 +409,54 @@ def _unique_stem(out_dir: Path, stem: str, used: set) -> str:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(payload, indent=1))
+    atomic_write_json(path, payload, indent=1)
+
+
+def _skip(summary: dict, path: Path | str, err: BaseException) -> None:
+    """List an input the run could not take; the others go on."""
+    reason = str(err) if isinstance(err, ImageReadError) else f"cannot be predicted: {one_line(err)}"
+    log.warning("skipped %s: %s", path, reason)
+    summary["skipped"].append({"input": str(path), "reason": reason})
+
+
+def _predict_image(
+    predictor: Predictor,
+    item: InputItem,
+    out: Path | None,
+    used: set,
+    draw: bool,
+    draw_fn: Callable,
+    summary: dict,
+) -> dict:
+    image = read_image(item.path)
+    warmup = predictor.warmup(image.shape[:2])
+    t = time.perf_counter()
+    people = predictor.predict(image)
+    dt = time.perf_counter() - t
+    summary["warmup_seconds"] += warmup
+    entry = {"input": str(item.path), "kind": "image", "people": len(people), "seconds": dt}
+    if out is not None:
+        stem = _unique_stem(out, item.path.stem, used)
+        payload = {
+            "input": str(item.path),
+            "width": image.shape[1],
+            "height": image.shape[0],
+            "model": predictor.name,
+            "keypoint_names": list(predictor.keypoint_names or []),
+            "people": [p.to_dict() for p in people],
+            "timing_ms": {k: round(v * 1000, 2) for k, v in predictor.last_timings.items()},
+        }
+        _write_json(out / f"{stem}.json", payload)
+        entry["json"] = str(out / f"{stem}.json")
+        if draw:
+            drawn = draw_fn(image, people)
+            with atomic_path(out / f"{stem}.jpg") as tmp:
+                if not cv2.imwrite(str(tmp), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR)):
+                    raise OSError(f"could not write {out / f'{stem}.jpg'}")
+            entry["drawn"] = str(out / f"{stem}.jpg")
+    summary["frames"] += 1
+    summary["seconds"] += dt
+    return entry
 
 
 def predict_files(
@@ -391,7 +470,9 @@ def predict_files(
 ) -> dict:
     """Predict on images, folders and videos; write JSON (and drawn images/videos) to `out_dir`.
 
-    Unreadable or missing files are skipped and listed under "skipped". Returns a summary:
+    Unreadable or missing files, and inputs the model or runtime fails on (an image too
+    large for memory, a runtime error), are skipped and listed under "skipped" with the
+    reason; the rest are still predicted. Every file is written atomically. Returns a summary:
     per-input people counts, frames, seconds and frames per second (prediction only: file
     I/O, drawing and the one-time warm-up per input size, in "warmup_seconds", are left out).
     """
@@ -419,44 +500,22 @@ def predict_files(
     bar = tqdm(images, desc="images", unit="img", disable=not progress or len(images) < 2)
     for item in bar:
         try:
-            image = read_image(item.path)
-        except ImageReadError as err:
-            log.warning("skipped %s", err)
-            summary["skipped"].append({"input": str(item.path), "reason": str(err)})
+            entry = _predict_image(predictor, item, out, used, draw, draw_fn, summary)
+        except (KeyboardInterrupt, OutputPathError):
+            raise
+        except Exception as err:  # one input the model cannot take never stops the others
+            _skip(summary, item.path, err)
             continue
-        summary["warmup_seconds"] += predictor.warmup(image.shape[:2])
-        t = time.perf_counter()
-        people = predictor.predict(image)
-        dt = time.perf_counter() - t
-        summary["frames"] += 1
-        summary["seconds"] += dt
-        entry = {"input": str(item.path), "kind": "image", "people": len(people), "seconds": dt}
-        if out is not None:
-            stem = _unique_stem(out, item.path.stem, used)
-            payload = {
-                "input": str(item.path),
-                "width": image.shape[1],
-                "height": image.shape[0],
-                "model": predictor.name,
-                "keypoint_names": list(predictor.keypoint_names or []),
-                "people": [p.to_dict() for p in people],
-                "timing_ms": {k: round(v * 1000, 2) for k, v in predictor.last_timings.items()},
-            }
-            _write_json(out / f"{stem}.json", payload)
-            entry["json"] = str(out / f"{stem}.json")
-            if draw:
-                drawn = draw_fn(image, people)
-                cv2.imwrite(str(out / f"{stem}.jpg"), cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-                entry["drawn"] = str(out / f"{stem}.jpg")
         summary["inputs"].append(entry)
     for item in videos:
         try:
             entry = predict_video(
                 predictor, item.path, out, used=used, draw=draw, progress=progress, draw_fn=draw_fn
             )
-        except ImageReadError as err:
-            log.warning("skipped %s", err)
-            summary["skipped"].append({"input": str(item.path), "reason": str(err)})
+        except (KeyboardInterrupt, OutputPathError):
+            raise
+        except Exception as err:
+            _skip(summary, item.path, err)
             continue
         summary["frames"] += entry["frames"]
         summary["seconds"] += entry["seconds"]
@@ -487,37 +546,17 @@ def predict_video(
     fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     stem = _unique_stem(out_dir, path.stem, used if used is not None else set()) if out_dir else path.stem
-    writer = None
-    frames = []
-    seconds = warmup = 0.0
     bar = tqdm(total=total, desc=path.name, unit="frame", disable=not progress)
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                break
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            warmup += predictor.warmup(rgb.shape[:2])
-            t = time.perf_counter()
-            people = predictor.predict(rgb)
-            seconds += time.perf_counter() - t
-            frames.append({"frame": len(frames), "people": [p.to_dict() for p in people]})
-            if out_dir is not None and draw:
-                if writer is None:
-                    h, w = rgb.shape[:2]
-                    writer = cv2.VideoWriter(
-                        str(out_dir / f"{stem}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h)
-                    )
-                writer.write(cv2.cvtColor(draw_fn(rgb, people), cv2.COLOR_RGB2BGR))
-            bar.update(1)
-            bar.set_postfix(fps=f"{len(frames) / seconds:.1f}" if seconds else "-")
-    finally:
-        bar.close()
-        cap.release()
-        if writer is not None:
-            writer.release()
-    if not frames:
-        raise ImageReadError(f"video {path} has no readable frames")
+    drawn_file = out_dir / f"{stem}.mp4" if out_dir is not None and draw else None
+    with contextlib.ExitStack() as stack:
+        tmp_video = stack.enter_context(atomic_path(drawn_file)) if drawn_file is not None else None
+        try:
+            frames, seconds, warmup = _predict_frames(predictor, cap, bar, tmp_video, fps_in, draw_fn)
+        finally:
+            bar.close()
+            cap.release()
+        if not frames:
+            raise ImageReadError(f"video {path} has no readable frames")
     entry = {
         "input": str(path),
         "kind": "video",
@@ -540,3 +579,34 @@ def predict_video(
         if draw:
             entry["drawn"] = str(out_dir / f"{stem}.mp4")
     return entry
+
+
+def _predict_frames(
+    predictor: Predictor, cap: Any, bar: Any, drawn_file: Path | None, fps_in: float, draw_fn: Callable
+) -> tuple[list[dict], float, float]:
+    """People in every frame of an opened video; drawn frames go to `drawn_file` (if given)."""
+    writer = None
+    frames: list[dict] = []
+    seconds = warmup = 0.0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                break
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            warmup += predictor.warmup(rgb.shape[:2])
+            t = time.perf_counter()
+            people = predictor.predict(rgb)
+            seconds += time.perf_counter() - t
+            frames.append({"frame": len(frames), "people": [p.to_dict() for p in people]})
+            if drawn_file is not None:
+                if writer is None:
+                    h, w = rgb.shape[:2]
+                    writer = cv2.VideoWriter(str(drawn_file), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
+                writer.write(cv2.cvtColor(draw_fn(rgb, people), cv2.COLOR_RGB2BGR))
+            bar.update(1)
+            bar.set_postfix(fps=f"{len(frames) / seconds:.1f}" if seconds else "-")
+    finally:
+        if writer is not None:
+            writer.release()
+    return frames, seconds, warmup

@@ -178,7 +178,10 @@ def save_figure(fig, path, dpi: float | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi or "figure")
+    from keras_ehrnet.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi or "figure", format=path.suffix.lstrip(".") or None)
     import matplotlib.pyplot as plt
 
     plt.close(fig)

@@ -15,7 +15,6 @@ import abc
 import json
 import os
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +175,14 @@ class SavedModelRunner(Runner):
         _set_tf_threads(num_threads)
         self.path = Path(path)
         self.num_threads = num_threads
-        self.loaded = tf.saved_model.load(str(self.path))  # every signature: loaded.signatures[name]
+        if not (self.path / "variables").is_dir():
+            raise ValueError(f"SavedModel {self.path} has no variables/ folder (an incomplete copy?)")
+        try:
+            self.loaded = tf.saved_model.load(str(self.path))  # every signature: loaded.signatures[name]
+        except Exception as err:
+            from keras_ehrnet.fileio import one_line
+
+            raise ValueError(f"cannot load SavedModel {self.path}: {one_line(err)}") from None
         if signature not in self.loaded.signatures:
             raise ValueError(
                 f"SavedModel {self.path} has no signature {signature!r}; it has {sorted(self.loaded.signatures)}"
@@ -386,8 +392,9 @@ def load_runner(path_or_model: Any, *, num_threads: int | None = None) -> Runner
             )
         return SavedModelRunner(path, num_threads=num_threads)
     if suffix == ".keras":
-        if not zipfile.is_zipfile(path):
-            raise ValueError(f"{path} is not a Keras archive (a .keras file is a zip written by model.save)")
+        from keras_ehrnet.fileio import check_keras_archive
+
+        check_keras_archive(path)  # says what is wrong where Keras would say "File not found"
         import keras
 
         import keras_ehrnet  # noqa: F401  (registers EfficientHRNet for deserialisation)

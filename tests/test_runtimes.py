@@ -209,7 +209,7 @@ def test_wrong_or_missing_files_are_named(tmp_path):
     for name, content, message in [
         ("fake.tflite", b"\x00" * 64, "fake.tflite is not a TFLite flatbuffer"),
         ("fake.onnx", b"not a protobuf at all", "fake.onnx is not a valid ONNX model"),
-        ("fake.keras", b"plain text", "fake.keras is not a Keras archive"),
+        ("fake.keras", b"plain text", r"fake.keras: not a .keras file \(not a zip archive"),
         ("weights.pth", b"x", "unknown model file .*weights.pth"),
     ]:
         path = tmp_path / name

@@ -1,8 +1,10 @@
 """Train EfficientHRNet: `python -m training --config training/configs/H-4.yaml --train-ann A --train-images D`.
 
 Flags override the config file; `--set section.key=value` reaches every other setting.
-Exit status: 0 finished, 2 bad configuration or missing files, 3 non-finite loss,
-128 + signal number when stopped by SIGTERM / Ctrl-C (after writing a checkpoint).
+Exit status: 0 finished; 2 bad configuration, missing or unusable files (also an unwritable
+--workdir, a --resume without a checkpoint, and data that fails mid-run); 1 any other error
+mid-run (a full disk …); 3 non-finite loss; 128 + signal number when stopped by SIGTERM /
+Ctrl-C. Errors mid-run write a checkpoint of the last finished step first: `--resume` continues.
 """
 
 from __future__ import annotations
@@ -148,11 +150,13 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from keras_ehrnet.data import DatasetError
+    from keras_ehrnet.fileio import OutputPathError
     from keras_ehrnet.pretrained import BackboneWeightsError
     from keras_ehrnet.train import (
         ConfigError,
         NonFiniteLossError,
         TrainConfig,
+        TrainingFailedError,
         apply_overrides,
         load_config,
         train,
@@ -166,12 +170,25 @@ def main(argv: list[str] | None = None) -> int:
             print(config.to_yaml())
             return 0
         result = train(resolve_num_joints(config))
-    except (ConfigError, DatasetError, BackboneWeightsError, FileNotFoundError, FileExistsError) as err:
+    except (
+        ConfigError,
+        DatasetError,
+        BackboneWeightsError,
+        FileNotFoundError,
+        FileExistsError,
+        OutputPathError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    except TrainingFailedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if err.input_error else 1
+    except KeyboardInterrupt:
+        print("error: interrupted by a second Ctrl-C; the last checkpoint is kept", file=sys.stderr)
+        return 128 + 2
     if result.interrupted:
         print(
             f"interrupted; resume with --resume --workdir {result.workdir} (checkpoint {result.checkpoint})"

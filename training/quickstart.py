@@ -59,19 +59,24 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from keras_ehrnet.fileio import OutputPathError
     from keras_ehrnet.train.quickstart import quickstart
 
-    metrics = quickstart(
-        args.out,
-        level=args.level,
-        input_size=args.input_size,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        minutes=args.minutes or None,
-        learning_rate=args.lr,
-        draw_min_score=args.draw_min_score,
-        progress=not args.quiet,
-    )
+    try:
+        metrics = quickstart(
+            args.out,
+            level=args.level,
+            input_size=args.input_size,
+            batch_size=args.batch_size,
+            epochs=args.epochs,
+            minutes=args.minutes or None,
+            learning_rate=args.lr,
+            draw_min_score=args.draw_min_score,
+            progress=not args.quiet,
+        )
+    except OutputPathError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     files = metrics["files"]
     size = f"{args.input_size}×{args.input_size}"
     print()

@@ -7,9 +7,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from keras_ehrnet.data.benchmark import Throughput, available_cores, measure_pipeline, measure_reference
+from keras_ehrnet.fileio import atomic_write_json
 
 
 def _print(t: Throughput) -> None:
@@ -60,6 +60,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference: {reference}")
         results["reference"] = reference
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        atomic_write_json(args.json, results, indent=2)
     return 0

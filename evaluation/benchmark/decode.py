@@ -15,7 +15,6 @@ COCO AP of both on the same outputs is printed too.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import types
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from keras_ehrnet.decoding import COCO_FLIP_INDEX, DecodeConfig, DecodeResult, ScaleOutputs, decode_outputs
 from keras_ehrnet.evaluate import coco_results, coco_summary, load_coco
+from keras_ehrnet.fileio import atomic_write_json
 from keras_ehrnet.oracle import oracle_outputs, synthetic_crowd
 
 DEFAULT_ANN = (
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     print_report(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        atomic_write_json(args.json, report, indent=1)
         print(f"report written to {args.json}")
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)

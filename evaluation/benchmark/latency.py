@@ -17,12 +17,12 @@ ONNX Runtime, and every figure gets its ratio to that ONNX Runtime latency.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 from keras_ehrnet.benchmarking import DEFAULT_RUNTIMES, RUNTIMES
+from keras_ehrnet.fileio import atomic_write_json, atomic_write_text
 from keras_ehrnet.scaling import PRESET_NAMES
 
 
@@ -215,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        atomic_write_json(args.json, result, indent=1)
         print(f"wrote {args.json}")
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table + "\n")
+        atomic_write_text(args.markdown, table + "\n")
         print(f"wrote {args.markdown}")
     return 0
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from keras_ehrnet.fileio import atomic_write_json, atomic_write_text
 from keras_ehrnet.scaling import PRESET_NAMES
 
 
@@ -128,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = report_rows(levels, latency, args.watts)
     table = report_markdown(rows, shown, args.watts, machine)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "report.md").write_text(table + "\n")
-    (args.out / "report.json").write_text(
-        json.dumps({"machine": info, "watts": args.watts, "rows": rows}, indent=1)
+    atomic_write_text(args.out / "report.md", table + "\n")
+    atomic_write_json(
+        args.out / "report.json", {"machine": info, "watts": args.watts, "rows": rows}, indent=1
     )
     plot_ap_vs_gmacs(rows, args.out / "ap_vs_gmacs.png")
     plot_latency({lv: per for lv, per in latency.items()}, args.out / "latency.png", machine)

@@ -10,9 +10,10 @@ so the figure is the network's. Run it on a quiet machine; the CPU count is prin
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from keras_ehrnet.fileio import atomic_write_json
 
 LEVELS = ("H0", "H-1", "H-2", "H-3", "H-4")
 
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {level}: {row['cpu_warning']}", file=sys.stderr, flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": device, "machine": info, "results": rows}, indent=1))
+        atomic_write_json(args.json, {"device": device, "machine": info, "results": rows}, indent=1)
         print(f"written: {args.json}")
     return 0
 

@@ -27,12 +27,14 @@ from keras_ehrnet.decoding import DecodeConfig
 from keras_ehrnet.export.common import (
     DEFAULT_CALIBRATION_IMAGES,
     calibration_images,
+    collect_skipped,
     letterbox,
     letterbox_tf,
     list_images,
     read_image,
     resolve_size,
 )
+from keras_ehrnet.fileio import OutputPathError, check_keras_archive, check_writable
 from keras_ehrnet.runtimes import RuntimeUnavailableError
 
 FORMATS = ("savedmodel", "tflite", "onnx", "tftrt", "tensorrt")
@@ -46,6 +48,8 @@ SUPPORTED_PRECISIONS: dict[str, tuple[str, ...]] = {
 }
 # Formats whose artefact is exported at one input size.
 FIXED_SIZE_FORMATS = ("tflite", "tftrt", "tensorrt")
+# Formats whose artefact is a folder.
+DIRECTORY_FORMATS = ("savedmodel", "tftrt")
 _ADVICE = {
     "savedmodel": "for fp16/int8 use --format tflite, tftrt or tensorrt",
     "onnx": "for fp16/int8 on Jetson build a TensorRT engine from the fp32 ONNX (--format tensorrt, or trtexec --fp16/--int8)",
@@ -53,13 +57,16 @@ _ADVICE = {
 
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
+    "DIRECTORY_FORMATS",
     "FORMATS",
     "PRECISIONS",
     "SUPPORTED_PRECISIONS",
     "DecodeConfig",
+    "OutputPathError",
     "RuntimeUnavailableError",
     "calibration_images",
     "check_options",
+    "collect_skipped",
     "default_output_path",
     "export",
     "letterbox",
@@ -114,6 +121,7 @@ def _load_model(model: Any) -> Any:
         raise ValueError(f"expected a .keras model file (saved with model.save), got {path}")
     import keras_ehrnet  # noqa: F401  (registers EfficientHRNet)
 
+    check_keras_archive(path)  # says what is wrong where Keras would say "File not found"
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:
@@ -145,6 +153,8 @@ def export(
     where the runtime (TF-TRT, TensorRT) is missing, naming the alternative.
     """
     check_options(format, precision, with_decoder=with_decoder)
+    # an output that cannot be written fails now, not after the conversion
+    check_writable(out, kind="dir" if format in DIRECTORY_FORMATS else "file", what="--out")
     if format == "tftrt":
         from keras_ehrnet.export.tftrt import require_tftrt
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import contextvars
+import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,8 +12,26 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_ehrnet.fileio import atomic_write_json
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_CALIBRATION_IMAGES = 100
+log = logging.getLogger("keras_ehrnet.export")
+_SKIPPED: contextvars.ContextVar[list[dict] | None] = contextvars.ContextVar(
+    "calibration_skipped", default=None
+)
+
+
+@contextlib.contextmanager
+def collect_skipped() -> Iterator[list[dict]]:
+    """Inside the block, calibration images that cannot be read are skipped and listed in the
+    yielded list ({"input": path, "reason": …}), so a caller can report them (and fail if asked)."""
+    records: list[dict] = []
+    token = _SKIPPED.set(records)
+    try:
+        yield records
+    finally:
+        _SKIPPED.reset(token)
 
 
 def as_size(value: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -148,15 +168,26 @@ def calibration_images(
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, count).round().astype(int)]
     from tqdm.auto import tqdm
 
+    used = 0
     for path in tqdm(paths, desc=desc, unit="img", disable=not progress):
-        pixels, _ = letterbox(read_image(path), size)
+        try:
+            image = read_image(path)
+        except (FileNotFoundError, ValueError) as err:  # one bad file never stops the calibration
+            log.warning("skipped calibration image %s", err)
+            records = _SKIPPED.get()
+            if records is not None:
+                records.append({"input": str(path), "reason": str(err).splitlines()[0]})
+            continue
+        used += 1
+        pixels, _ = letterbox(image, size)
         yield pixels.astype(np.float32)
+    if not used:
+        raise ValueError(f"none of the {len(paths)} calibration images in {folder} could be read")
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write metadata beside an artefact (creating its folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Write metadata beside an artefact (creating its folder), atomically."""
+    atomic_write_json(path, data, indent=2, sort_keys=True)
 
 
 def model_metadata(model: Any, **extra: Any) -> dict:

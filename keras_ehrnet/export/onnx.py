@@ -19,6 +19,7 @@ from typing import Any
 import tensorflow as tf
 
 from keras_ehrnet.export.common import model_metadata
+from keras_ehrnet.fileio import atomic_path
 from keras_ehrnet.runtimes import INPUT_NAME, OUTPUT_NAMES
 
 DEFAULT_OPSET = 17
@@ -86,5 +87,6 @@ def export_onnx(
         entry.key = key
         entry.value = value if isinstance(value, str) else json.dumps(value)
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(out))
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
     return out

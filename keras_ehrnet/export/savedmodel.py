@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from keras_ehrnet.decoding import DecodeConfig
 from keras_ehrnet.export.common import decode_image_tf, letterbox_tf, model_metadata, native_size, write_json
+from keras_ehrnet.fileio import atomic_path
 from keras_ehrnet.runtimes import INPUT_NAME, SAVEDMODEL_METADATA
 from keras_ehrnet.tf_decoder import check_config, decode_people
 
@@ -143,7 +144,6 @@ def export_savedmodel(
     archive.track(model)
     for name, (fn, signature) in functions.items():
         archive.add_endpoint(name, fn, input_signature=signature)
-    archive.write_out(str(out), verbose=False)
     config = decoder_config or DecodeConfig()
     meta = model_metadata(
         model,
@@ -155,5 +155,7 @@ def export_savedmodel(
         signatures=sorted(functions),
         decoder=dataclasses.asdict(config) if with_decoder else None,
     )
-    write_json(out / SAVEDMODEL_METADATA, meta)
+    with atomic_path(out) as tmp:  # a complete SavedModel folder or none
+        archive.write_out(str(tmp), verbose=False)
+        write_json(tmp / SAVEDMODEL_METADATA, meta)
     return out

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from keras_ehrnet.export.common import DEFAULT_CALIBRATION_IMAGES, calibration_images, list_images, write_json
+from keras_ehrnet.fileio import atomic_write_bytes
 from keras_ehrnet.runtimes import INPUT_NAME, RuntimeUnavailableError
 
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
@@ -124,7 +125,7 @@ class CalibrationBatcher:
     def write_cache(self, cache: bytes) -> None:
         """Keep the calibration table for later builds and for `trtexec --calib`."""
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-        self.cache_file.write_bytes(bytes(cache))
+        atomic_write_bytes(self.cache_file, bytes(cache))
 
 
 def _tensorrt() -> Any:
@@ -264,7 +265,7 @@ def build_engine(
             f"TensorRT could not build an engine from {onnx_path} (see the TensorRT log above)"
         )
     engine_path = Path(engine_path)
-    engine_path.write_bytes(bytes(serialized))
+    atomic_write_bytes(engine_path, bytes(serialized))
     return engine_path
 
 

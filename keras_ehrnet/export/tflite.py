@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from keras_ehrnet.export.common import DEFAULT_CALIBRATION_IMAGES, calibration_images
 from keras_ehrnet.export.savedmodel import export_savedmodel
+from keras_ehrnet.fileio import atomic_write_bytes
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
 
@@ -87,10 +88,7 @@ def tflite_from_savedmodel(
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
     configure_converter(converter, precision, representative)
     flatbuffer = converter.convert()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(flatbuffer)
-    return out
+    return atomic_write_bytes(out, flatbuffer)
 
 
 def export_tflite(

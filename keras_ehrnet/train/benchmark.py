@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ehrnet.benchmarking import CpuMeter, machine_info
+from keras_ehrnet.fileio import atomic_save_model, atomic_write_json
 from keras_ehrnet.train.config import TrainConfig, apply_overrides, config_from_dict, resolve_num_joints
 from keras_ehrnet.train.trainer import CocoTrainData, Trainer, TrainResult
 
@@ -473,8 +474,8 @@ def overfit(
         "config": config.to_dict(),
         "final_model": str(result.final_model) if result.final_model else None,
     }
-    (out / "history.json").write_text(json.dumps(history))
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write_json(out / "history.json", history)
+    atomic_write_json(out / "metrics.json", metrics, indent=1)
     plot_losses(
         history,
         out / "loss.png",
@@ -483,7 +484,7 @@ def overfit(
         ap_target=OVERFIT_AP_TARGET,
     )
     if result.final_model is None:  # stopped by the time limit: keep the model anyway
-        trainer.model.save(out / "run" / "final.keras")
+        atomic_save_model(trainer.model, out / "run" / "final.keras")
         metrics["final_model"] = str(out / "run" / "final.keras")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        atomic_write_json(out / "metrics.json", metrics, indent=1)
     return metrics

@@ -178,7 +178,10 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | os.PathLike) -> None:
-        Path(path).write_text(self.to_yaml())
+        """Write the YAML atomically (a kill never leaves a half-written config)."""
+        from keras_ehrnet.fileio import atomic_write_text
+
+        atomic_write_text(path, self.to_yaml())
 
 
 MIXED_PRECISION = {

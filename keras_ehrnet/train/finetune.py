@@ -18,6 +18,8 @@ import keras
 import numpy as np
 import yaml
 
+from keras_ehrnet.train.config import ConfigError
+
 BACKBONE_PATTERN = re.compile(r"^(stem_|block\d+_)")
 HEAD_LAYERS = ("final_quarter", "final_half", "deconv_conv")
 
@@ -146,17 +148,75 @@ def load_initial_weights(model: keras.Model, path: str | os.PathLike) -> InitRep
         raise FileNotFoundError(f"--init: no such file or folder: {path}")
     report = InitReport(source=str(path), num_joints=_num_joints(model))
     if path.is_dir():
-        source = _source_model_from_workdir(path)
+        try:
+            source = _source_model_from_workdir(path)
+        except (FileNotFoundError, ConfigError):
+            raise
+        except Exception as err:
+            raise ConfigError(
+                f"--init {path}: cannot restore the workdir's checkpoint: {_first_line(err)}"
+            ) from None
     elif path.name.endswith(".keras"):
-        import keras_ehrnet  # noqa: F401  (registers EfficientHRNet for deserialisation)
-
-        source = keras.saving.load_model(str(path), compile=False)
+        source = _load_keras_source(path)
     elif path.name.endswith(".h5"):
-        return _load_h5_by_position(model, path, report)
+        _check_h5(path)
+        try:
+            _load_h5_by_position(model, path, report)
+        except Exception as err:
+            raise ConfigError(f"--init {path}: cannot read the weights: {_first_line(err)}") from None
+        return _check_fits(report)
     else:
-        raise ValueError(f"--init {path}: expected a .keras file, a .weights.h5 file or a training workdir")
+        raise ConfigError(f"--init {path}: expected a .keras file, a .weights.h5 file or a training workdir")
     report.source_num_joints = _num_joints(source)
-    return _copy_by_name(model, source, report)
+    return _check_fits(_copy_by_name(model, source, report))
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _load_keras_source(path: Path) -> keras.Model:
+    """Load a `.keras` file, saying what is wrong with one that is not a Keras model archive."""
+    from keras_ehrnet.fileio import check_keras_archive
+
+    try:
+        check_keras_archive(path)
+    except ValueError as err:
+        raise ConfigError(f"--init {err}") from None
+    import keras_ehrnet  # noqa: F401  (registers EfficientHRNet for deserialisation)
+
+    try:
+        return keras.saving.load_model(str(path), compile=False)
+    except Exception as err:
+        raise ConfigError(f"--init {path}: cannot load the Keras model: {_first_line(err)}") from None
+
+
+def _check_h5(path: Path) -> None:
+    import h5py
+
+    if path.stat().st_size == 0:
+        raise ConfigError(f"--init {path}: the file is empty (0 bytes); was its writing interrupted?")
+    if not h5py.is_hdf5(str(path)):
+        raise ConfigError(f"--init {path}: not an HDF5 weights file (truncated or another format?)")
+
+
+def _check_fits(report: InitReport) -> InitReport:
+    """Refuse a source of another architecture: nothing loaded, or a layer other than the
+    prediction heads (which change with the keypoint count) has weights of other shapes."""
+    mismatched = {
+        name: reason
+        for name, reason in report.not_loaded.items()
+        if name not in HEAD_LAYERS and not reason.startswith("no layer of that name")
+    }
+    if report.num_loaded == 0 or mismatched:
+        first = next(iter(mismatched.items() or report.not_loaded.items()), None)
+        detail = f"first mismatch: {first[0]}: {first[1]}" if first else "it has no layers with weights"
+        raise ConfigError(
+            f"--init {report.source}: does not fit this model (another level or architecture?); "
+            f"{report.num_loaded} layer(s) loaded, {detail}"
+        )
+    return report
 
 
 def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:

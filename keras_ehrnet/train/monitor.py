@@ -13,6 +13,8 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tqdm.auto import tqdm
 
+from keras_ehrnet.fileio import atomic_write_text
+
 SHORT_NAMES = {
     "loss": "loss",
     "heatmaps_quarter": "hm4",
@@ -94,7 +96,8 @@ def heatmap_panel(
 
 class TrainMonitor:
     """Progress bar (loss terms, learning rate, images/s, rate and ETA), TensorBoard scalars and
-    heatmap images, and `history.jsonl` (one line per step, appended, so resumed runs continue it).
+    heatmap images, and `history.jsonl` (one line per step, appended, so resumed runs continue it;
+    each line goes out whole, so a killed run leaves no half row).
 
     With `workdir=None` (non-chief workers) nothing is shown or written.
     """
@@ -119,7 +122,34 @@ class TrainMonitor:
         if self.active:
             workdir = Path(workdir)
             self._writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
-            self._history_file = open(workdir / "history.jsonl", "a")  # noqa: SIM115  (closed in close())
+            self._history_path = workdir / "history.jsonl"
+            self._history_file = self._open_history()
+
+    def _open_history(self):
+        # line-buffered: every row is one write(), whole or absent after a kill
+        return open(self._history_path, "a", buffering=1)  # noqa: SIM115  (closed in close())
+
+    def keep_until(self, step: int) -> int:
+        """Drop `history.jsonl` rows after optimizer step `step` (a resumed run trains them again)
+        and lines that are not JSON; returns how many lines were dropped."""
+        if not self.active:
+            return 0
+        self._history_file.close()
+        kept, dropped = [], 0
+        for line in self._history_path.read_text().splitlines():
+            try:
+                row_step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                dropped += 1
+                continue
+            if row_step <= step:
+                kept.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            atomic_write_text(self._history_path, "".join(kept))
+        self._history_file = self._open_history()
+        return dropped
 
     def start_epoch(self, epoch: int, epochs: int, steps: int, done: int = 0) -> None:
         if self.progress:

@@ -13,13 +13,14 @@ takes, so the export scores what the Keras model scores.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from keras_ehrnet.fileio import atomic_path, atomic_write_json, check_writable
 
 # people the exported model scores below this are left out of the drawings (all are scored for AP)
 DRAW_MIN_SCORE = 0.1
@@ -66,6 +67,7 @@ def quickstart(
     if (out / "train").exists():
         # a new run: a previous one's checkpoints would otherwise be resumed from
         shutil.rmtree(out / "train")
+    check_writable(out, kind="dir", what="--out")
     out.mkdir(parents=True, exist_ok=True)
     size = (input_size, input_size)
 
@@ -90,8 +92,9 @@ def quickstart(
         progress=progress,
     )
     model_path = out / "model.keras"
-    shutil.copyfile(trained["final_model"], model_path)
-    shutil.copyfile(out / "train" / "loss.png", out / "loss.png")
+    for src, dst in ((trained["final_model"], model_path), (out / "train" / "loss.png", out / "loss.png")):
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
     log(
         f"      Keras model, AP on the sample at {input_size}×{input_size}: before training "
         f"{trained['AP_before']:.3f}, after {trained['AP_after']:.3f}"
@@ -157,7 +160,7 @@ def quickstart(
         value = metrics[key]
         if value is None or not math.isfinite(value):
             raise RuntimeError(f"quickstart: {key} is {value!r}; expected a finite number")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    atomic_write_json(out / "metrics.json", metrics, indent=1)
     return metrics
 
 

@@ -9,8 +9,15 @@
 * Checkpoints (tf.train.CheckpointManager) hold the model, the optimizer (moments,
   iterations, loss scale), the epoch and the position inside the epoch; `resume` continues
   from exactly that batch. SIGTERM or Ctrl-C finish the current step, write a checkpoint
-  and return `interrupted=True`. A non-finite loss stops at once *without* writing, so the
-  last checkpoint stays good.
+  and return `interrupted=True` (a second Ctrl-C while a checkpoint is written waits for
+  it). A non-finite loss stops at once *without* writing, so the last checkpoint stays good.
+* Any other error mid-run (an image that cannot be decoded, a TF error of the input
+  pipeline, a full disk) first writes a checkpoint of the last finished step, then raises
+  `TrainingFailedError` naming it; `resume` continues from there.
+* `resume` needs a checkpoint in the workdir and the batch size it was written with; it drops
+  `history.jsonl` rows after the restored step and what an interrupted write left behind.
+* final.keras, best.keras and config.yaml are written atomically (keras_ehrnet.fileio): a
+  kill at any moment leaves the previous file or the complete new one.
 * Non-chief workers of a multi-worker run write into scratch folders that are removed.
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import threading
 import time
@@ -30,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ehrnet.fileio import atomic_save_model, check_writable, one_line, remove_stale_temporaries
 from keras_ehrnet.losses import EHRNetLoss
 from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig, resolve_num_joints
 from keras_ehrnet.train.distribute import is_chief, make_strategy, remove_scratch, write_dir
@@ -44,6 +53,21 @@ pipeline (`ctx.get_per_replica_batch_size(global_batch)` images each)."""
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped and nothing was saved after it."""
+
+
+class TrainingFailedError(RuntimeError):
+    """Training stopped on an error after writing a checkpoint of its last finished step.
+
+    `checkpoint`: that checkpoint (None when none could be written and none existed);
+    `step`: the optimizer steps it holds; `input_error`: the error came from the input
+    pipeline (bad data rather than, say, a full disk).
+    """
+
+    def __init__(self, message: str, *, checkpoint: str | None, step: int, input_error: bool):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.step = step
+        self.input_error = input_error
 
 
 @dataclass
@@ -201,6 +225,8 @@ class Trainer:
     ):
         config = resolve_num_joints(config)  # unset: the training annotations' count
         self.config = config
+        self._check_resume(config)
+        check_writable(config.train.workdir, kind="dir", what="train.workdir (--workdir)")
         self.strategy = strategy or make_strategy(config.train.strategy)
         self.chief = is_chief(self.strategy)
         self.workdir = Path(config.train.workdir)
@@ -215,10 +241,39 @@ class Trainer:
         self.policy = MIXED_PRECISION[str(config.train.mixed_precision).lower()]
         self.steps_per_epoch = config.train.steps_per_epoch or self._count_steps()
         self._stop_signal: int | None = None
+        self._saving = False  # a second Ctrl-C waits while this is set
         self.save_models = True  # write final.keras / best.keras (benchmarks turn it off)
         self._build(model_fn)
 
     # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _check_resume(config: TrainConfig) -> None:
+        """`resume` without a checkpoint (a mistyped workdir) or with another batch size is refused."""
+        if not config.train.resume:
+            return
+        workdir = Path(config.train.workdir)
+        if tf.train.latest_checkpoint(str(workdir / "checkpoints")) is None:
+            raise FileNotFoundError(
+                f"--resume: no checkpoint in {workdir / 'checkpoints'}; check --workdir, or leave out "
+                "--resume to start a new run"
+            )
+        saved = workdir / "config.yaml"
+        if not saved.is_file():
+            return
+        import yaml
+
+        try:
+            old = (yaml.safe_load(saved.read_text()) or {}).get("data", {}).get("batch_size")
+        except (yaml.YAMLError, AttributeError, OSError):
+            return
+        new = config.data.batch_size
+        if old is not None and int(old) != int(new):
+            raise ConfigError(
+                f"--resume: {workdir} was trained with data.batch_size {old} ({saved}), now {new}; the "
+                f"checkpoint's data position and learning-rate schedule count batches of {old}. Resume with "
+                f"--batch-size {old}, or start a new --workdir with --init {workdir}"
+            )
+
     def _count_steps(self) -> int:
         per_pipeline = self.num_replicas // self.num_pipelines
         ctx = tf.distribute.InputContext(self.num_pipelines, 0, self.num_replicas)
@@ -362,10 +417,48 @@ class Trainer:
         self._state["epoch"].assign(epoch)
         self._state["step_in_epoch"].assign(step_in_epoch)
         self._state["global_step"].assign(global_step)
-        path = self.manager.save(checkpoint_number=global_step)
+        self._saving = True
+        try:
+            path = self.manager.save(checkpoint_number=global_step)
+        finally:
+            self._saving = False
         if not self.chief:
             remove_scratch(self.write_dir, self.workdir)
         return path
+
+    def _remove_leftovers(self) -> None:
+        """What a killed run left half-written: `ckpt-N_temp` folders and `.tmp-*` files."""
+        for folder in (self.workdir / "checkpoints", self.workdir / "best"):
+            if folder.is_dir():
+                for temp in folder.glob("*_temp*"):
+                    if temp.is_dir():
+                        shutil.rmtree(temp, ignore_errors=True)
+                    else:
+                        temp.unlink(missing_ok=True)
+        remove_stale_temporaries(self.workdir)
+
+    def _fail(
+        self, err: Exception, epoch: int, step_in_epoch: int, global_step: int, last_saved, input_error: bool
+    ) -> TrainingFailedError:
+        """Checkpoint the last finished step (unless that is already done), then describe `err`."""
+        checkpoint = self.manager.latest_checkpoint
+        note = ""
+        done = checkpoint is not None and checkpoint.endswith(f"-{global_step}")
+        if last_saved is not None and last_saved.endswith(f"-{global_step}"):
+            checkpoint, done = last_saved, True
+        if not done and global_step > 0 and self.num_pipelines == 1:
+            try:
+                checkpoint = self._save(epoch, step_in_epoch, global_step)
+            except Exception as save_err:  # a full disk fails this too
+                note = f"; writing a checkpoint failed too ({one_line(save_err, 200)})"
+        where = "reading the training data" if input_error else "training"
+        saved = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
+        resume = f"; continue with --resume --workdir {self.workdir}" if checkpoint else ""
+        message = (
+            f"{where} failed at epoch {epoch + 1}, step {step_in_epoch + 1} (after {global_step} optimizer "
+            f"steps): {one_line(err)}{note}; {saved}{resume}"
+        )
+        return TrainingFailedError(message, checkpoint=checkpoint, step=global_step, input_error=input_error)
 
     def _restore(self) -> str | None:
         c = self.config
@@ -377,9 +470,8 @@ class Trainer:
             )
         if not c.train.resume:
             return None
-        if existing is None:
-            self._print(f"--resume: no checkpoint in {self.workdir / 'checkpoints'}; starting from scratch")
-            return None
+        if existing is None:  # removed since __init__ checked
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.workdir / 'checkpoints'}")
         status = self.checkpoint.restore(existing)
         try:
             status.assert_existing_objects_matched()
@@ -430,6 +522,9 @@ class Trainer:
 
         def handler(signum, frame):
             if self._stop_signal is not None and signum == signal.SIGINT:
+                if self._saving:  # a half-written checkpoint helps nobody: let it finish
+                    self._print("\nwriting a checkpoint; training stops when it is complete")
+                    return
                 raise KeyboardInterrupt
             self._stop_signal = signum
             self._print(
@@ -500,7 +595,7 @@ class Trainer:
         elif self.save_models:
             path = self.workdir / "best.keras"
             with self.averaged_weights():
-                self.model.save(path)
+                atomic_save_model(self.model, path)
             result.best_model = path
             self._print(f"new best AP {ap:.4f}: {path}")
         return True
@@ -511,6 +606,7 @@ class Trainer:
         c = self.config
         if self.chief:
             self.workdir.mkdir(parents=True, exist_ok=True)
+            self._remove_leftovers()
         self.write_dir.mkdir(parents=True, exist_ok=True)
         self.monitor = TrainMonitor(
             self.workdir if self.chief else None,
@@ -520,6 +616,8 @@ class Trainer:
         )
         try:
             self._restore()
+            # rows a killed or failed run logged after its checkpoint are trained again now
+            self.monitor.keep_until(int(self._state["global_step"].numpy()))
         except BaseException:
             self.monitor.close()
             raise
@@ -546,6 +644,7 @@ class Trainer:
         )
         previous = self._install_signals()
         last_saved = None
+        reading = False  # whether an error now comes from the input pipeline
         retired: list[threading.Thread] = []
         try:
             iterator = None
@@ -554,9 +653,12 @@ class Trainer:
                 if iterator is not None:
                     held, iterator = [iterator], None  # `held` is now the only reference
                     retired = [t for t in retired if t.is_alive()] + [_retire(held)]
+                reading = True
                 iterator = iter(self._dataset(epoch, step_in_epoch))
+                reading = False
                 while step_in_epoch < self.steps_per_epoch:
                     started = time.perf_counter()
+                    reading = True
                     optional = iterator.get_next_as_optional()
                     if not optional.has_value():
                         self._print(
@@ -564,6 +666,7 @@ class Trainer:
                         )
                         break
                     batch = optional.get_value()
+                    reading = False
                     stop = tf.constant(1.0 if self._stop_signal is not None else 0.0)
                     out = self._train_step(batch, stop)
                     logs = {k: float(v) for k, v in out.items()}
@@ -611,7 +714,7 @@ class Trainer:
             if self.chief and self.save_models:
                 path = self.workdir / "final.keras"
                 with self.averaged_weights():
-                    self.model.save(path)
+                    atomic_save_model(self.model, path)
                 result.final_model = path
                 self._print(f"saved {path}")
             best = float(self._state["best_ap"].numpy())
@@ -619,6 +722,10 @@ class Trainer:
             if result.best_ap is not None and (self.workdir / "best.keras").is_file():
                 result.best_model = self.workdir / "best.keras"
             return result
+        except NonFiniteLossError:
+            raise  # deliberately without a checkpoint: the weights are no good
+        except Exception as err:
+            raise self._fail(err, epoch, step_in_epoch, global_step, last_saved, reading) from err
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -118,7 +118,9 @@ def test_bytes_signature_equals_uint8_signature(served, image_dir):
     # an image already at the served size is not resampled: PNG bytes of the pixels give the same outputs
     png = tf.io.encode_png(tf.constant(pixels[0]))
     again = loaded.signatures["serving_bytes"](image_bytes=tf.stack([png]))
-    np.testing.assert_array_equal(again["half"].numpy()[0], direct["half"].numpy()[0])
+    # against a batch of one too: TensorFlow 2.17's CPU kernels sum in another order for another batch size
+    alone = loaded.signatures["serving_default"](images=tf.constant(pixels[:1]))
+    np.testing.assert_array_equal(again["half"].numpy(), alone["half"].numpy())
     np.testing.assert_allclose(again["affine"].numpy()[0], [[1, 0, 0], [0, 1, 0]])
 
 

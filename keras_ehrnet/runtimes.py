@@ -256,14 +256,11 @@ class TFLiteRunner(Runner):
     def __init__(self, path: Path, *, num_threads: int | None = None):
         self.path = Path(path)
         self.num_threads = num_threads or default_num_threads()
-        interpreter_cls, self.interpreter_source = tflite_interpreter_class()
+        self._interpreter_cls, self.interpreter_source = tflite_interpreter_class()
         try:
-            with warnings.catch_warnings():  # tf.lite's "use LiteRT" notice: we do when it is installed
-                warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
-                self._interp = interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
+            self._interp = self._new_interpreter()
         except ValueError as err:
             raise ValueError(f"{self.path} is not a valid TFLite model: {err}") from err
-        self._interp.allocate_tensors()
         (inp,) = self._interp.get_input_details()
         self._input = inp
         self.input_dtype = np.dtype(inp["dtype"])
@@ -279,6 +276,21 @@ class TFLiteRunner(Runner):
         self.num_joints = int(min(o["shape"][-1] for o in self._outputs))
         self._batch = int(inp["shape"][0])
 
+    def _new_interpreter(self, input_shape: list[int] | None = None) -> Any:
+        """An interpreter with its tensors allocated, the input resized to `input_shape` first.
+
+        A new batch size or image size gets a new interpreter rather than a resize of the
+        allocated one: TensorFlow 2.17's XNNPACK delegate crashes (segfault) when a
+        dynamic-range (int8-dynamic) model is re-allocated for another input shape.
+        """
+        with warnings.catch_warnings():  # tf.lite's "use LiteRT" notice: we do when it is installed
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            interp = self._interpreter_cls(model_path=str(self.path), num_threads=self.num_threads)
+        if input_shape is not None:
+            interp.resize_tensor_input(interp.get_input_details()[0]["index"], input_shape, strict=False)
+        interp.allocate_tensors()
+        return interp
+
     def _prepare(self, images: np.ndarray) -> np.ndarray:
         """Quantise with the input tensor's scale and zero point where the model takes integers."""
         scale, zero = self._input["quantization"]
@@ -290,8 +302,7 @@ class TFLiteRunner(Runner):
 
     def _run(self, images):
         if images.shape[0] != self._batch or tuple(self._input["shape"][1:3]) != images.shape[1:3]:
-            self._interp.resize_tensor_input(self._input["index"], list(images.shape), strict=False)
-            self._interp.allocate_tensors()
+            self._interp = self._new_interpreter(list(images.shape))
             self._input = self._interp.get_input_details()[0]
             self._outputs = self._interp.get_output_details()
             self._batch = images.shape[0]

@@ -6,6 +6,8 @@ once per format; tolerances are absolute and, through `relative`, against the
 output magnitude.
 """
 
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -24,7 +26,7 @@ from keras_ehrnet.export import (
 from keras_ehrnet.export.parity import parity_report, realistic_weights, verify_artefact
 from keras_ehrnet.export.tensorrt import CalibrationBatcher, trtexec_command
 from keras_ehrnet.export.tflite import representative_dataset, tflite_from_savedmodel
-from keras_ehrnet.export.tftrt import tftrt_unavailable_reason
+from keras_ehrnet.export.tftrt import export_tftrt, tftrt_reason, tftrt_unavailable_reason
 from keras_ehrnet.runtimes import KerasRunner, load_runner
 from keras_ehrnet.tf_decoder import TFDecoder
 
@@ -116,7 +118,9 @@ def test_bytes_signature_equals_uint8_signature(served, image_dir):
     # an image already at the served size is not resampled: PNG bytes of the pixels give the same outputs
     png = tf.io.encode_png(tf.constant(pixels[0]))
     again = loaded.signatures["serving_bytes"](image_bytes=tf.stack([png]))
-    np.testing.assert_array_equal(again["half"].numpy()[0], direct["half"].numpy()[0])
+    # against a batch of one too: TensorFlow 2.17's CPU kernels sum in another order for another batch size
+    alone = loaded.signatures["serving_default"](images=tf.constant(pixels[:1]))
+    np.testing.assert_array_equal(again["half"].numpy(), alone["half"].numpy())
     np.testing.assert_allclose(again["affine"].numpy()[0], [[1, 0, 0], [0, 1, 0]])
 
 
@@ -286,9 +290,96 @@ def test_bad_inputs_get_errors_that_name_them(model, tmp_path):
     tftrt_unavailable_reason() is None, reason="this TensorFlow has TensorRT: TF-TRT works here"
 )
 def test_tftrt_without_tensorrt_says_why_and_points_to_onnx(model, tmp_path):
-    with pytest.raises(RuntimeUnavailableError, match="is_tensorrt_build.*ONNX → TensorRT.*trtexec"):
+    with pytest.raises(
+        RuntimeUnavailableError, match="TF-TRT is not available.*ONNX → TensorRT.*trtexec"
+    ) as err:
         export(model, "tftrt", tmp_path / "trt", precision="fp16", input_size=SIZE)
+    message = str(err.value)
+    assert "\n" not in message and tftrt_unavailable_reason() in message
+    # 2.18+ (no TensorRT in the build) → the TF 2.17 environment; 2.16/2.17 without libnvinfer → the install step
+    assert "requirements-tf217.txt" in message or "pip install tensorrt==" in message
     assert not (tmp_path / "trt").exists()
+
+
+def test_tftrt_reasons_name_what_is_missing_and_how_to_install_it():
+    no_trt_build = tftrt_reason("2.21.0", False)
+    assert "is_tensorrt_build" in no_trt_build and "requirements-tf217.txt" in no_trt_build
+    no_libraries = tftrt_reason("2.17.1", True, (8, 6, 1), None)
+    for part in ("TensorRT 8.6.1", "libnvinfer.so.8", "pip install tensorrt==8.6.1.post1", "LD_LIBRARY_PATH"):
+        assert part in no_libraries
+    unknown_major = tftrt_reason("2.16.1", True, (9, 0, 0), None)
+    assert "TensorRT 9.0.0" in unknown_major and "libnvinfer.so.9" in unknown_major
+    assert "pip install tensorrt" not in unknown_major  # no PyPI package known for it: no made-up command
+    assert "loaded TensorRT 10.3.0" in tftrt_reason("2.17.1", True, (8, 6, 1), (10, 3, 0))
+    assert "at least 8.6.1" in tftrt_reason("2.17.1", True, (8, 6, 1), (8, 5, 3))
+    assert tftrt_reason("2.17.1", True, (8, 6, 1), (8, 6, 1)) is None
+    assert tftrt_reason("2.17.1", True, (8, 6, 1), (8, 6, 2)) is None  # newer minor/patch loads fine
+    for reason in (no_trt_build, no_libraries, unknown_major):
+        assert "\n" not in reason
+
+
+class FakeTrtConverter:
+    """Stands in for TrtGraphConverterV2 where TensorRT is absent: records what it is given, checks the
+    inputs against the SavedModel's signature as TF-TRT would feed them, and saves the unconverted model."""
+
+    made: list = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.calibration = self.build_inputs = None
+        loaded = tf.saved_model.load(kwargs["input_saved_model_dir"])
+        self.spec = next(iter(loaded.signatures["serving_default"].structured_input_signature[1].values()))
+        FakeTrtConverter.made.append(self)
+
+    def _check(self, batch):
+        ((array,),) = [batch]
+        assert self.spec.is_compatible_with(tf.constant(array)), (self.spec, array.shape, array.dtype)
+        return array
+
+    def convert(self, calibration_input_fn=None):
+        assert (calibration_input_fn is not None) == self.kwargs["use_calibration"]  # TF-TRT raises otherwise
+        if calibration_input_fn is not None:
+            self.calibration = [self._check(batch) for batch in calibration_input_fn()]
+
+    def build(self, input_fn):
+        self.build_inputs = [self._check(batch) for batch in input_fn()]
+
+    def save(self, output_saved_model_dir):
+        shutil.copytree(self.kwargs["input_saved_model_dir"], output_saved_model_dir)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_tftrt_conversion_gets_the_right_arguments_and_real_calibration_images(
+    precision, model, image_dir, images, reference, tmp_path
+):
+    """Everything up to the TensorRT call: converter arguments, calibration input, build shape, the artefact."""
+    FakeTrtConverter.made.clear()
+    out = export_tftrt(
+        model,
+        tmp_path / "trt",
+        (SIZE, SIZE),
+        precision,
+        calibration_dir=image_dir if precision == "int8" else None,
+        num_calibration_images=len(images),
+        max_workspace_bytes=1 << 28,
+        progress=False,
+        converter_class=FakeTrtConverter,
+    )
+    (converter,) = FakeTrtConverter.made
+    assert converter.kwargs["precision_mode"] == precision.upper()
+    assert converter.kwargs["use_calibration"] == (precision == "int8")
+    assert converter.kwargs["max_workspace_size_bytes"] == 1 << 28
+    assert converter.spec.dtype == tf.float32 and tuple(converter.spec.shape) == (None, SIZE, SIZE, 3)
+    if precision == "int8":  # the real images, letterboxed like at inference, one at a time
+        assert len(converter.calibration) == len(images)
+        np.testing.assert_array_equal(np.concatenate(converter.calibration), images)
+    else:
+        assert converter.calibration is None
+    assert [b.shape for b in converter.build_inputs] == [(1, SIZE, SIZE, 3)]  # engines for a fixed input
+    runner = load_runner(out)  # what our runners make of a TF-TRT SavedModel
+    assert runner.name == f"tftrt-{precision}" and runner.fixed_input_size == (SIZE, SIZE)
+    assert runner.input_dtype == np.float32
+    assert worst(parity_report(reference, runner(images), J)) <= FP32_TOLERANCE
 
 
 def test_tensorrt_without_tensorrt_writes_onnx_and_prints_trtexec(model, tmp_path, monkeypatch, capsys):
@@ -427,7 +518,8 @@ def test_conversion_program_reports_bad_combinations(tmp_path, capsys):
         assert (
             main(["--level", "H0", "--format", "tftrt", "--out", str(out)]) == 2
         )  # fails before building H0
-        assert "TF-TRT is not available" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert err.startswith("error: TF-TRT is not available") and err.count("\n") == 1  # one line
     with pytest.raises(SystemExit):
         main(["--format", "onnx", "--out", str(out)])  # neither --model nor --level
     assert not out.exists()

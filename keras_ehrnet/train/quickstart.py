@@ -35,7 +35,7 @@ def quickstart(
     input_size: int = QUICKSTART_SIZE,
     batch_size: int = 5,
     epochs: int = QUICKSTART_EPOCHS,
-    minutes: float | None = 9.0,
+    minutes: float | None = 8.75,
     learning_rate: float = 2e-3,
     draw_min_score: float = DRAW_MIN_SCORE,
     progress: bool = True,

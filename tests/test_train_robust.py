@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -20,8 +19,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import ROOT
 from test_training import BATCH, N, synthetic_arrays, tiny_model, tiny_trainer
+from test_training import _spawn as spawn_worker
 
 from keras_ehrnet.train import ConfigError, TrainingFailedError, load_initial_weights
 
@@ -210,18 +209,7 @@ def worker(spec: str) -> None:
 
 
 def _spawn(spec: dict) -> subprocess.Popen:
-    env = dict(
-        os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")])
-    )
-    code = f"import test_train_robust\ntest_train_robust.worker({json.dumps(json.dumps(spec))})"
-    return subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return spawn_worker(spec, module="test_train_robust")
 
 
 def _check_every_file(workdir: Path) -> None:

@@ -176,11 +176,12 @@ def worker(spec: str) -> None:
     sys.exit(128 + result.signal if result.interrupted else 0)
 
 
-def _spawn(spec: dict, prelude: str = "") -> subprocess.Popen:
+def _spawn(spec: dict, prelude: str = "", module: str = "test_training") -> subprocess.Popen:
+    """A subprocess running `module.worker(spec)` (a test module's training worker), pipes open."""
     env = dict(
         os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")])
     )
-    code = f"{prelude}\nimport test_training\ntest_training.worker({json.dumps(json.dumps(spec))})"
+    code = f"{prelude}\nimport {module}\n{module}.worker({json.dumps(json.dumps(spec))})"
     return subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=ROOT,

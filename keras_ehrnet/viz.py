@@ -145,12 +145,13 @@ def write_comparison(
     import json
     from pathlib import Path
 
-    from keras_ehrnet.data.coco import keypoint_set
+    from keras_ehrnet.data.coco import parse_skeleton
+    from keras_ehrnet.data.validate import keypoint_categories, load_annotation_json
     from keras_ehrnet.predictor import read_image
 
-    with open(ann_file, encoding="utf-8") as f:
-        data = json.load(f)
-    skeleton = keypoint_set(ann_file).skeleton
+    data = load_annotation_json(ann_file)  # read once: people and skeleton come from the same dict
+    category = keypoint_categories(data, ann_file)[0]
+    skeleton = parse_skeleton(category.get("skeleton"), len(category["keypoints"]), ann_file)
     by_image: dict[int, list[dict]] = {}
     for ann in data.get("annotations", []):
         by_image.setdefault(ann["image_id"], []).append(ann)

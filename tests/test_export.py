@@ -226,10 +226,15 @@ def test_tflite_full_integer_int8(savedmodel, image_dir, images, reference):
         assert 0.5 < got.std() / ref.std() < 2.0
 
 
-def test_onnx_matches_keras_with_dynamic_batch_and_size(model, keras_runner, images, reference, tmp_path):
+@pytest.fixture(scope="module")
+def onnx_file(model, tmp_path_factory):
+    return export(model, "onnx", tmp_path_factory.mktemp("onnx") / "ehrnet.onnx")
+
+
+def test_onnx_matches_keras_with_dynamic_batch_and_size(onnx_file, keras_runner, images, reference):
     import onnx
 
-    path = export(model, "onnx", tmp_path / "ehrnet.onnx")
+    path = onnx_file
     proto = onnx.load(str(path))
     assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) >= 17
     assert [i.name for i in proto.graph.input] == ["image"]
@@ -241,6 +246,39 @@ def test_onnx_matches_keras_with_dynamic_batch_and_size(model, keras_runner, ima
     assert worst(report) <= FP32_TOLERANCE, report
     other = np.stack(list(calibration_images(sample_dataset()[1], (160, 96), 1, progress=False)))
     report = parity_report(keras_runner(other), runner(other), J)
+    assert worst(report) <= FP32_TOLERANCE, report
+
+
+def test_onnx_graph_has_the_cpu_clean_ups(onnx_file):
+    """No deprecated Resize mode, no no-op Reshape, no BatchNorm left after the ConvTranspose."""
+    import onnx
+
+    graph = onnx.load(str(onnx_file)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    modes = {
+        onnx.helper.get_attribute_value(a)
+        for n in graph.node
+        if n.op_type == "Resize"
+        for a in n.attribute
+        if a.name == "coordinate_transformation_mode"
+    }
+    assert modes == {b"asymmetric"}
+    assert not [n for n in graph.node if n.op_type == "Reshape"]
+    assert not [
+        n
+        for n in graph.node
+        if n.op_type in ("Mul", "Add") and producers.get(n.input[0], n).op_type == "ConvTranspose"
+    ]
+    assert graph.node[0].op_type == "Transpose"  # the input normalisation runs in NCHW
+
+
+def test_openvino_matches_keras_on_real_images(onnx_file, images, reference, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
+    from keras_ehrnet.deploy.openvino import export_openvino
+
+    runner = load_runner(export_openvino(onnx_file, tmp_path / "ehrnet_openvino.xml"), num_threads=2)
+    assert runner.name == "openvino" and runner.num_joints == J and runner.fixed_input_size is None
+    report = parity_report(reference, runner(images), J)
     assert worst(report) <= FP32_TOLERANCE, report
 
 

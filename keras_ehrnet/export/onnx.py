@@ -79,6 +79,9 @@ def export_onnx(
         raise RuntimeError(f"tf2onnx produced {len(produced)} outputs, expected 2 (quarter, half)")
     _rename(proto, dict(zip(produced, OUTPUT_NAMES)))
     _name_dynamic_dims(proto)
+    from keras_ehrnet.deploy.onnx_graph import simplify_onnx
+
+    simplify_onnx(proto)  # exact rewrites that let ONNX Runtime fuse as it does the PyTorch export
     meta = model_metadata(model, format="onnx", input_size=list(size) if size else None, opset=opset)
     meta.update(metadata or {})
     meta.setdefault("runner_name", "onnx")

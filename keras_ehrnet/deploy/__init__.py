@@ -1,0 +1,1 @@
+"""Deployment: exporters, graph clean-ups and runtimes for the exported artefacts."""

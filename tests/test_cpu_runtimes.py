@@ -1,0 +1,290 @@
+"""CPU runtimes without TensorFlow, and the exact clean-ups of our ONNX graph.
+
+- Running an .onnx (and, where installed, a LiteRT .tflite or an OpenVINO .xml) through
+  `load_runner` or `Predictor` must not import TensorFlow or Keras: their thread pools would
+  take the cores from the runtime. Checked in a fresh process, with the outputs compared to
+  the Keras model's (so the child really ran the network).
+- Each rewrite of `keras_ehrnet.deploy.onnx_graph` is checked on a small hand-made graph:
+  ONNX Runtime's outputs before and after agree (exactly where the rewrite is exact), and a
+  graph the rewrite must not touch is left alone.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from keras_ehrnet.deploy.onnx_graph import simplify_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+J = 3
+SIZE = 64
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+helper, numpy_helper, TensorProto = onnx.helper, onnx.numpy_helper, onnx.TensorProto
+
+
+def run_onnx(model, feeds: dict) -> list:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def make_model(nodes, inputs, outputs, initializers) -> "onnx.ModelProto":
+    graph = helper.make_graph(
+        nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in initializers.items()]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def value(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def resize_model(scale: float) -> "onnx.ModelProto":
+    node = helper.make_node(
+        "Resize",
+        ["x", "roi", "scales"],
+        ["y"],
+        mode="nearest",
+        nearest_mode="floor",
+        coordinate_transformation_mode="tf_half_pixel_for_nn",
+    )
+    inits = {"roi": np.zeros(0, np.float32), "scales": np.array([1, 1, scale, scale], np.float32)}
+    return make_model([node], [value("x", ["batch", 2, 5, 7])], [value("y", [None] * 4)], inits)
+
+
+@pytest.mark.parametrize("scale", [2.0, 3.0, 4.0, 8.0])
+def test_integer_nearest_resize_becomes_asymmetric_with_identical_output(scale):
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 7)).astype(np.float32)
+    model = resize_model(scale)
+    before = run_onnx(model, {"x": x})[0]
+    assert simplify_onnx(model)["resize_asymmetric"] == 1
+    (node,) = model.graph.node
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["coordinate_transformation_mode"] == b"asymmetric"
+    np.testing.assert_array_equal(run_onnx(model, {"x": x})[0], before)
+
+
+def test_fractional_resize_is_left_alone():
+    model = resize_model(1.5)
+    assert simplify_onnx(model)["resize_asymmetric"] == 0
+    attrs = {a.name: helper.get_attribute_value(a) for a in model.graph.node[0].attribute}
+    assert attrs["coordinate_transformation_mode"] == b"tf_half_pixel_for_nn"
+
+
+def test_noop_reshapes_go_and_real_ones_stay():
+    rng = np.random.default_rng(1)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["g"]),
+        helper.make_node("Reshape", ["g", "same"], ["g2"]),  # [N, 4, 1, 1] → [-1, 4, 1, 1]: a no-op
+        helper.make_node("Conv", ["g2", "w"], ["c"]),
+        helper.make_node("Reshape", ["c", "flat"], ["y"]),  # [N, 6, 1, 1] → [N, 6]: a real one
+    ]
+    inits = {
+        "same": np.array([-1, 4, 1, 1], np.int64),
+        "flat": np.array([-1, 6], np.int64),
+        "w": rng.standard_normal((6, 4, 1, 1)).astype(np.float32),
+    }
+    model = make_model(nodes, [value("x", ["batch", 4, 8, 8])], [value("y", [None, None])], inits)
+    x = rng.standard_normal((3, 4, 8, 8)).astype(np.float32)
+    before = run_onnx(model, {"x": x})[0]
+    assert simplify_onnx(model)["noop_reshape"] == 1
+    assert [n.op_type for n in model.graph.node] == ["GlobalAveragePool", "Conv", "Reshape"]
+    np.testing.assert_array_equal(run_onnx(model, {"x": x})[0], before)
+
+
+def test_batchnorm_after_conv_transpose_is_folded_into_it():
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node(
+            "ConvTranspose", ["x", "w"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[4, 4]
+        ),
+        helper.make_node("Mul", ["t", "scale"], ["m"]),
+        helper.make_node("Add", ["m", "shift"], ["a"]),
+        helper.make_node("Relu", ["a"], ["y"]),
+    ]
+    inits = {
+        "w": rng.standard_normal((5, 3, 4, 4)).astype(np.float32),
+        "scale": rng.uniform(0.5, 1.5, (1, 3, 1, 1)).astype(np.float32),
+        "shift": rng.standard_normal((1, 3, 1, 1)).astype(np.float32),
+    }
+    model = make_model(nodes, [value("x", ["batch", 5, 6, 6])], [value("y", [None] * 4)], inits)
+    x = rng.standard_normal((2, 5, 6, 6)).astype(np.float32)
+    before = run_onnx(model, {"x": x})[0]
+    assert simplify_onnx(model)["conv_transpose_affine_fold"] == 1
+    assert [n.op_type for n in model.graph.node] == ["ConvTranspose", "Relu"]
+    after = run_onnx(model, {"x": x})[0]
+    assert np.abs(after - before).max() <= 1e-5 * np.abs(before).max()
+
+
+def test_a_channel_last_affine_after_conv_transpose_is_not_folded():
+    """A [C] constant broadcasts over the last (width) axis in NCHW: folding it per channel would be wrong."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node(
+            "ConvTranspose", ["x", "w"], ["t"], strides=[2, 2], pads=[1, 1, 1, 1], kernel_shape=[4, 4]
+        ),
+        helper.make_node("Mul", ["t", "scale"], ["y"]),
+    ]
+    inits = {"w": rng.standard_normal((5, 3, 4, 4)).astype(np.float32), "scale": np.ones(12, np.float32)}
+    model = make_model(nodes, [value("x", ["batch", 5, 6, 6])], [value("y", [None] * 4)], inits)
+    assert simplify_onnx(model)["conv_transpose_affine_fold"] == 0
+    assert [n.op_type for n in model.graph.node] == ["ConvTranspose", "Mul"]
+
+
+def test_input_normalisation_moves_after_the_layout_transpose():
+    rng = np.random.default_rng(4)
+    nodes = [
+        helper.make_node("Mul", ["image", "scale"], ["m"]),
+        helper.make_node("Add", ["m", "shift"], ["a"]),
+        helper.make_node("Transpose", ["a"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "w"], ["y"], pads=[1, 1, 1, 1]),
+    ]
+    inits = {
+        "scale": np.array([1 / 58.4, 1 / 57.1, 1 / 57.4], np.float32),
+        "shift": np.array([-2.1, -2.0, -1.8], np.float32),
+        "w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+    }
+    model = make_model(nodes, [value("image", ["batch", 8, 8, 3])], [value("y", [None] * 4)], inits)
+    x = rng.uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    before = run_onnx(model, {"image": x})[0]
+    assert simplify_onnx(model)["normalise_in_nchw"] == 1
+    assert [n.op_type for n in model.graph.node] == ["Transpose", "Mul", "Add", "Conv"]
+    np.testing.assert_array_equal(run_onnx(model, {"image": x})[0], before)  # the same float ops per pixel
+
+
+def test_every_four_d_intermediate_carries_the_batch_name():
+    model = resize_model(2.0)
+    model.graph.node.append(helper.make_node("Relu", ["y"], ["z"]))
+    model.graph.output[0].CopyFrom(value("z", [None] * 4))
+    simplify_onnx(model)
+    shapes = {v.name: v.type.tensor_type.shape.dim for v in model.graph.value_info}
+    assert shapes["y"][0].dim_param == "batch"
+    assert [d.dim_value for d in shapes["y"][1:]] == [2, 10, 14]
+
+
+# --------------------------------------------------------------------------- without TensorFlow
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    from keras_ehrnet import Predictor
+    from keras_ehrnet.runtimes import load_runner
+
+    paths, pixels_file, out_file = sys.argv[1:-2], sys.argv[-2], sys.argv[-1]
+    pixels = np.load(pixels_file)
+    result, outputs = {}, {}
+    for path in paths:
+        runner = load_runner(path, num_threads=1)
+        quarter, half = runner(pixels)
+        outputs[path + ":quarter"], outputs[path + ":half"] = quarter, half
+        people = Predictor(path, input_size=64, flip=False).predict(pixels[0].astype(np.uint8))
+        result[path] = {"name": runner.name, "people_is_list": isinstance(people, list),
+                        "source": getattr(runner, "interpreter_source", None)}
+    np.savez(out_file, **outputs)
+    result["loaded"] = [m for m in ("tensorflow", "keras", "torch") if m in sys.modules]
+    print(json.dumps(result))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_and_pixels():
+    import keras
+    from test_runtimes import tiny_pose_model
+
+    keras.utils.set_random_seed(0)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, SIZE, SIZE, 3)).astype(np.float32)
+    return tiny_pose_model(), pixels
+
+
+def artefacts_without_tensorflow(tiny, tmp_path) -> list[Path]:
+    """The tiny model as .onnx, plus LiteRT .tflite and OpenVINO .xml where those are installed."""
+    import importlib.util
+
+    from keras_ehrnet.export.onnx import export_onnx
+
+    paths = [export_onnx(tiny, tmp_path / "tiny.onnx", (SIZE, SIZE))]
+    if importlib.util.find_spec("ai_edge_litert") is not None:
+        from keras_ehrnet.export.savedmodel import export_savedmodel
+        from keras_ehrnet.export.tflite import tflite_from_savedmodel
+
+        saved = export_savedmodel(tiny, tmp_path / "tiny_sm", (SIZE, SIZE))
+        paths.append(
+            tflite_from_savedmodel(saved, tmp_path / "tiny.tflite", "fp32", signature="serving_default")
+        )
+    if importlib.util.find_spec("openvino") is not None:
+        from keras_ehrnet.deploy.openvino import export_openvino
+
+        paths.append(export_openvino(paths[0], tmp_path / "tiny_openvino.xml"))
+    return paths
+
+
+def test_runners_and_predictor_run_exported_files_without_tensorflow(tiny_and_pixels, tmp_path):
+    tiny, pixels = tiny_and_pixels
+    paths = artefacts_without_tensorflow(tiny, tmp_path)
+    np.save(tmp_path / "pixels.npy", pixels)
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            *map(str, paths),
+            str(tmp_path / "pixels.npy"),
+            str(tmp_path / "out.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result.pop("loaded") == [], "running an exported file imported TensorFlow/Keras"
+    outputs = np.load(tmp_path / "out.npz")
+    want = [np.asarray(o) for o in tiny(pixels, training=False)]
+    for path in paths:
+        assert result[str(path)]["people_is_list"]
+        if path.suffix == ".tflite":
+            assert result[str(path)]["source"] == "ai-edge-litert"
+        for key, ref in zip(("quarter", "half"), want):
+            got = outputs[f"{path}:{key}"]
+            assert np.abs(got - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max()), (path, key)
+
+
+def test_openvino_runner_matches_the_onnx_file(tiny_and_pixels, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
+    from keras_ehrnet.deploy.openvino import OpenVINORunner, export_openvino
+    from keras_ehrnet.export.onnx import export_onnx
+    from keras_ehrnet.runtimes import load_runner
+
+    tiny, pixels = tiny_and_pixels
+    onnx_path = export_onnx(tiny, tmp_path / "tiny.onnx", (SIZE, SIZE))
+    xml = export_openvino(onnx_path, tmp_path / "tiny_openvino.xml")
+    assert xml.with_suffix(".bin").is_file()
+    runner = load_runner(xml, num_threads=1)
+    assert isinstance(runner, OpenVINORunner) and runner.name == "openvino"
+    assert runner.fixed_input_size == (SIZE, SIZE) and runner.num_joints == J
+    assert runner.metadata.get("format") == "onnx"  # our metadata travels into the IR
+    for got, want in zip(runner(pixels), load_runner(onnx_path)(pixels)):
+        assert got.shape == want.shape and got.dtype == np.float32
+        assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    with pytest.raises(ValueError, match="is written as a .xml file"):
+        export_openvino(onnx_path, tmp_path / "model.bin")
+    broken = tmp_path / "broken.xml"
+    broken.write_text("<net>not finished")
+    with pytest.raises(ValueError, match="broken.xml is not a valid OpenVINO/ONNX model"):
+        load_runner(broken)

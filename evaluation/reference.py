@@ -36,8 +36,8 @@ def check_reference(path: str | Path | None) -> Path:
     return root
 
 
-def load_reference_model(path: str | Path, level: str, num_joints: int = 17):
-    """The authors' model for `level` from their example config, in eval mode; returns (model, input_size)."""
+def load_reference_config(path: str | Path, level: str, num_joints: int = 17):
+    """The reference's yacs config for `level` (its example config over its defaults), frozen."""
     root = check_reference(path)
     lib = str(root / "lib")
     if lib not in sys.path:
@@ -46,7 +46,6 @@ def load_reference_model(path: str | Path, level: str, num_joints: int = 17):
     if not config_file.is_file():
         raise ReferenceUnavailableError(f"no reference config for {level}: {config_file}")
     from config import cfg as default_cfg  # the reference's yacs defaults
-    from models.pose_higher_hrnet import get_pose_net
 
     cfg = default_cfg.clone()
     cfg.defrost()
@@ -54,9 +53,41 @@ def load_reference_model(path: str | Path, level: str, num_joints: int = 17):
     cfg.MODEL.NUM_JOINTS = num_joints
     cfg.DATASET.NUM_JOINTS = num_joints
     cfg.freeze()
+    return cfg
+
+
+def load_reference_model(path: str | Path, level: str, num_joints: int = 17):
+    """The authors' model for `level` from their example config, in eval mode; returns (model, input_size)."""
+    cfg = load_reference_config(path, level, num_joints)
+    from models.pose_higher_hrnet import get_pose_net
+
     model = get_pose_net(cfg, is_train=False)
     model.eval()
     return model, int(cfg.DATASET.INPUT_SIZE)
+
+
+def realistic_batchnorm(model, seed: int = 0) -> None:
+    """Give every BatchNorm of the reference trained-looking statistics and affine terms, in place.
+
+    PyTorch's init (γ 1, β 0, mean 0, var 1) makes each BatchNorm a bare scale, which tf2onnx
+    and ONNX Runtime then fuse differently from a trained model's scale-and-shift; timing that
+    would compare graphs no trained model has.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5, generator=g)
+                module.bias.normal_(0.0, 0.1, generator=g)
+                module.running_mean.normal_(0.0, 0.1, generator=g)
+                module.running_var.uniform_(0.5, 1.5, generator=g)
+
+
+def reference_state_dict(model) -> dict[str, np.ndarray]:
+    """The reference's weights as numpy arrays, for keras_ehrnet.load_torch_weights."""
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 
 def torch_infer_fn(model, input_size: tuple[int, int], *, threads: int | None = None, batch: int = 1):

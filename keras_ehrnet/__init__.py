@@ -1,25 +1,46 @@
-"""keras-ehrnet: EfficientHRNet multi-person pose estimation for TensorFlow/Keras 3."""
+"""keras-ehrnet: EfficientHRNet multi-person pose estimation for TensorFlow/Keras 3.
 
-from keras_ehrnet.backbone import build_backbone, build_backbone_classifier
-from keras_ehrnet.evaluate import evaluate_coco
-from keras_ehrnet.macs import count_macs
-from keras_ehrnet.model import EfficientHRNet, build_model
-from keras_ehrnet.predictor import Predictor
-from keras_ehrnet.scaling import PRESET_NAMES, EHRNetConfig, get_config
-from keras_ehrnet.torch_import import load_torch_weights
+The public names below are imported on first use (PEP 562), so that running an exported
+.onnx or .tflite file (`keras_ehrnet.runtimes`, `Predictor`) never imports TensorFlow: its
+thread pools would take the cores from ONNX Runtime or LiteRT. When Keras is already imported,
+the model classes are imported at once so that `keras.saving.load_model` finds them.
+"""
+
+import importlib
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "EHRNetConfig",
-    "EfficientHRNet",
-    "PRESET_NAMES",
-    "Predictor",
-    "build_backbone",
-    "build_backbone_classifier",
-    "build_model",
-    "count_macs",
-    "evaluate_coco",
-    "get_config",
-    "load_torch_weights",
-]
+# public name → module that defines it
+_LAZY = {
+    "EHRNetConfig": "keras_ehrnet.scaling",
+    "EfficientHRNet": "keras_ehrnet.model",
+    "PRESET_NAMES": "keras_ehrnet.scaling",
+    "Predictor": "keras_ehrnet.predictor",
+    "build_backbone": "keras_ehrnet.backbone",
+    "build_backbone_classifier": "keras_ehrnet.backbone",
+    "build_model": "keras_ehrnet.model",
+    "count_macs": "keras_ehrnet.macs",
+    "evaluate_coco": "keras_ehrnet.evaluate",
+    "get_config": "keras_ehrnet.scaling",
+    "load_torch_weights": "keras_ehrnet.torch_import",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    """Import a public name's module on first access."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_ehrnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if "keras" in sys.modules:  # registers EfficientHRNet for keras.saving.load_model
+    importlib.import_module("keras_ehrnet.model")

@@ -28,6 +28,9 @@ class LatencyStats:
     warmup: int
     foreign_cpu_frac: float | None = None  # share of machine CPU used by other processes meanwhile
     cpu_steal_frac: float | None = None  # share the VM host took for other guests meanwhile
+    cpu_median_ms: float | None = (
+        None  # this process's CPU time per call: steadier than wall time on a busy machine
+    )
 
     @property
     def fps(self) -> float:
@@ -51,12 +54,13 @@ def time_callable(
         raise ValueError(f"runs must be ≥ 1, got {runs}")
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     with CpuMeter() as meter:
         for _ in range(runs):
-            t0 = clock()
+            c0, t0 = time.process_time(), clock()
             fn()
             times.append((clock() - t0) * 1000.0)
+            cpu.append((time.process_time() - c0) * 1000.0)
     times_sorted = sorted(times)
     return LatencyStats(
         median_ms=statistics.median(times),
@@ -66,6 +70,7 @@ def time_callable(
         mean_ms=statistics.fmean(times),
         runs=runs,
         warmup=warmup,
+        cpu_median_ms=statistics.median(cpu),
         **meter.result(),
     )
 
@@ -235,6 +240,7 @@ RUNTIMES: dict[str, tuple[str, str] | None] = {
     "tflite-int8-dynamic": ("tflite", "int8-dynamic"),
     "tflite-int8": ("tflite", "int8"),
     "onnx": ("onnx", "fp32"),
+    "openvino": ("openvino", "fp32"),
     "tftrt": ("tftrt", "fp16"),
     "tensorrt": ("tensorrt", "fp16"),
 }
@@ -246,9 +252,12 @@ DEFAULT_RUNTIMES = (
     "tflite-fp16",
     "tflite-int8",
     "onnx",
+    "openvino",
     "tftrt",
     "tensorrt",
 )
+# Runtimes that run without TensorFlow: timed in a fresh process (evaluation.benchmark.isolated).
+ISOLATED_FORMATS = ("tflite", "onnx", "openvino")
 
 
 class Skipped(Exception):  # noqa: N818 - a result, not an error
@@ -272,8 +281,6 @@ def prepare_runtime(
     ("keras-folded", `keras_ehrnet.folding`); every other runtime goes through
     `keras_ehrnet.runtimes.load_runner`, exactly what evaluation uses.
     """
-    from pathlib import Path
-
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if runtime in ("keras", "keras-xla"):
@@ -282,14 +289,42 @@ def prepare_runtime(
         from keras_ehrnet.folding import fold_batchnorm
 
         return keras_infer_fn(fold_batchnorm(model), input_size, batch=batch)
-    from keras_ehrnet import export as ex
     from keras_ehrnet.runtimes import RuntimeUnavailableError, load_runner
+
+    h, w = input_size
+    out = export_artefact(model, runtime, input_size, workdir, calibration_images=calibration_images)
+    try:
+        runner = load_runner(out, num_threads=threads)
+    except RuntimeUnavailableError as exc:
+        raise Skipped(str(exc)) from None
+    x = np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
+    return lambda: runner(x)
+
+
+def export_artefact(model, runtime: str, input_size: tuple[int, int], workdir, *, calibration_images=None):
+    """The artefact `runtime` runs, exported from `model` into `workdir` (reused when there); or raise Skipped.
+
+    "openvino" is our ONNX file converted to OpenVINO IR (keras_ehrnet.deploy.openvino).
+    """
+    from pathlib import Path
+
+    from keras_ehrnet import export as ex
+    from keras_ehrnet.runtimes import RuntimeUnavailableError
 
     fmt, precision = RUNTIMES[runtime]
     h, w = input_size
     workdir = Path(workdir)
-    out = workdir / ex.default_output_path(fmt, precision, f"{model.config.name}_{h}x{w}")
+    stem = f"{model.config.name}_{h}x{w}"
     try:
+        if fmt == "openvino":
+            from keras_ehrnet.deploy.openvino import export_openvino
+
+            out = workdir / f"{stem}_openvino.xml"
+            if not out.exists():
+                onnx_path = export_artefact(model, "onnx", input_size, workdir)
+                export_openvino(onnx_path, out)
+            return out
+        out = workdir / ex.default_output_path(fmt, precision, stem)
         if not out.exists():
             ex.export(
                 model,
@@ -300,11 +335,9 @@ def prepare_runtime(
                 calibration_images=calibration_images if precision == "int8" else None,
                 progress=False,
             )
-        runner = load_runner(out, num_threads=threads)
     except RuntimeUnavailableError as exc:
         raise Skipped(str(exc)) from None
-    x = np.random.default_rng(0).uniform(0, 255, (batch, h, w, 3)).astype(np.float32)
-    return lambda: runner(x)
+    return out
 
 
 def peak_matmul_gflops(threads: int | None = None, n: int = 2048, repeats: int = 5) -> float:
@@ -326,24 +359,27 @@ def floor_ms(macs: int, gflops: float) -> float:
 def latency_markdown(rows: list[dict], runtimes: list[str]) -> str:
     """Per level: one row per runtime with median/p90/min ms, FPS, throughput and ratios."""
     lines = [
-        "| level | input | runtime | median ms | p90 ms | min ms | FPS | batch-N img/s | vs ref ORT | × floor |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| level | input | runtime | median ms | p90 ms | min ms | FPS | batch-N img/s | vs ref ORT | × floor "
+        "| CPU ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        for name in runtimes + [r for r in row["runtimes"] if r not in runtimes]:
-            r = row["runtimes"].get(name)
+        ref = {f"reference {k}": v for k, v in (row.get("reference") or {}).items() if isinstance(v, dict)}
+        for name in runtimes + [r for r in row["runtimes"] if r not in runtimes] + list(ref):
+            r = row["runtimes"].get(name) or ref.get(name)
             if r is None:
                 continue
             head = f"| {row['level']} | {row['input_size']} | {name} |"
             if "skipped" in r:
                 reason = " ".join(str(r["skipped"]).split()).replace("|", "\\|")  # one table row
-                lines.append(f"{head} skipped: {reason} ||||||||")
+                lines.append(f"{head} skipped: {reason} |||||||||")
                 continue
             lat = r["latency"]
             thr = r.get("throughput_img_s")
             lines.append(
                 f"{head} {lat['median_ms']:.1f} | {lat['p90_ms']:.1f} | {lat['min_ms']:.1f} | {lat['fps']:.1f} | "
-                f"{f'{thr:.1f}' if thr else '–'} | {r.get('ratio_vs_ref_ort', '–')} | {r.get('x_floor', '–')} |"
+                f"{f'{thr:.1f}' if thr else '–'} | {r.get('ratio_vs_ref_ort', '–')} | {r.get('x_floor', '–')} | "
+                f"{lat.get('cpu_median_ms') or '–'} |"
             )
     return "\n".join(lines)
 

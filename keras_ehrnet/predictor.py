@@ -89,7 +89,7 @@ def as_runner(model_or_path: Any):
                 raise ValueError(f"cannot load {path}: keras_ehrnet.runtimes is not available") from None
             import keras
 
-            import keras_ehrnet  # noqa: F401  (registers the model class)
+            import keras_ehrnet.model  # noqa: F401  (registers the model class)
 
             return _KerasModelRunner(keras.saving.load_model(path, compile=False))
         return load_runner(path)

@@ -1,4 +1,4 @@
-"""One calling convention for every artefact: Keras, SavedModel, TFLite/LiteRT, ONNX, TensorRT.
+"""One calling convention for every artefact: Keras, SavedModel, TFLite/LiteRT, ONNX, OpenVINO, TensorRT.
 
 `load_runner(path_or_model)` returns a `Runner`: call it with RGB pixels in
 [0, 255] (float32 NHWC, like the Keras model) and it returns the network's two
@@ -29,7 +29,7 @@ TFLITE_MAGIC = b"TFL3"
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 EXPECTED_KINDS = (
     "a Keras model (.keras file or keras.Model), a SavedModel directory, a .tflite file, "
-    "an .onnx file or a TensorRT .engine/.plan file"
+    "an .onnx file, an OpenVINO .xml file or a TensorRT .engine/.plan file"
 )
 
 
@@ -377,7 +377,7 @@ def _is_savedmodel_dir(path: Path) -> bool:
 
 
 def load_runner(path_or_model: Any, *, num_threads: int | None = None) -> Runner:
-    """A `Runner` for a Keras model or file, SavedModel directory, .tflite, .onnx or TensorRT engine.
+    """A `Runner` for a Keras model or file, SavedModel directory, .tflite, .onnx, OpenVINO .xml or TensorRT engine.
 
     `num_threads`: CPU threads for TFLite/XNNPACK and ONNX Runtime (default: all usable cores);
     for Keras and SavedModel it sets TensorFlow's pools if TensorFlow has not started yet.
@@ -408,7 +408,7 @@ def load_runner(path_or_model: Any, *, num_threads: int | None = None) -> Runner
         check_keras_archive(path)  # says what is wrong where Keras would say "File not found"
         import keras
 
-        import keras_ehrnet  # noqa: F401  (registers EfficientHRNet for deserialisation)
+        import keras_ehrnet.model  # noqa: F401  (registers EfficientHRNet for deserialisation)
 
         try:
             model = keras.saving.load_model(path, compile=False)
@@ -425,4 +425,8 @@ def load_runner(path_or_model: Any, *, num_threads: int | None = None) -> Runner
         return OnnxRunner(path, num_threads=num_threads)
     if suffix in ENGINE_SUFFIXES:
         return TensorRTRunner(path, num_threads=num_threads)
+    if suffix == ".xml":
+        from keras_ehrnet.deploy.openvino import OpenVINORunner
+
+        return OpenVINORunner(path, num_threads=num_threads)
     raise ValueError(f"unknown model file {path}: expected {EXPECTED_KINDS}")

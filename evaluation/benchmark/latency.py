@@ -6,12 +6,19 @@
 
 Keras runs as a compiled tf.function, without ("keras") and with XLA ("keras-xla"), and with
 BatchNorm folded into the convs ("keras-folded"); every other runtime runs the exported artefact
-through keras_ehrnet.runtimes.load_runner. Randomly initialised levels first get realistic weight
+through keras_ehrnet.runtimes.load_runner. Runtimes that need no TensorFlow (TFLite/LiteRT, ONNX
+Runtime, OpenVINO) are exported here and timed each in a fresh process that loads only that
+runtime (evaluation.benchmark.isolated), --rounds times, interleaved with the reference's ONNX
+file when --reference is given: a process that has run TensorFlow keeps its thread pools on the
+cores and halves their speed. Randomly initialised levels first get realistic weight
 magnitudes (keras_ehrnet.benchmarking.timing_weights), as a trained model has; the released init
 would leave activations in the denormal range, which CPUs compute slowly. Runtimes that cannot
 run here (TF-TRT and TensorRT without TensorRT) are listed as skipped with the reason. With
 --reference, the authors' PyTorch model is timed in the same run, eagerly and exported to ONNX on
-ONNX Runtime, and every figure gets its ratio to that ONNX Runtime latency.
+ONNX Runtime, and every figure gets its ratio to that ONNX Runtime latency. Our model then
+carries the reference's weights (its BatchNorms given trained-looking statistics,
+evaluation.reference.realistic_batchnorm), so both ONNX files compute the same numbers and
+differ only in their graphs.
 """
 
 from __future__ import annotations
@@ -43,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--throughput-batch", type=int, default=4, help="larger batch for images/s (0 to skip)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--runs", type=int, default=15)
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="fresh-process timings per non-TensorFlow runtime, interleaved with the reference (default 3)",
+    )
     p.add_argument("--input-size", type=int, default=None, help="override every level's native resolution")
     p.add_argument(
         "--model", type=Path, help="a .keras model to benchmark instead of randomly initialised levels"
@@ -53,6 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="where artefacts are exported (default: a temporary folder)")
     p.add_argument(
         "--reference", type=Path, help="checkout of TeCSAR-UNCC/EfficientHRNet (needs torch, yacs)"
+    )
+    p.add_argument(
+        "--reference-eager",
+        action="store_true",
+        help="also time the reference eagerly in PyTorch (fresh processes, interleaved; slow on a CPU)",
     )
     p.add_argument(
         "--peak-gflops",
@@ -67,24 +85,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [r for r in args.runtimes if r not in RUNTIMES]
     if unknown:
         p.error(f"unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
+    if args.rounds < 1:
+        p.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.runs < 5:
         p.error(f"--runs must be at least 5, got {args.runs}")
     return args
 
 
-def bench_level(model, args, threads: int, workdir: Path, floor_gflops: float) -> dict:
+def bench_level(model, args, threads: int, workdir: Path, floor_gflops: float, reference=None) -> dict:
     import keras_ehrnet as ke
-    from keras_ehrnet.benchmarking import Skipped, floor_ms, prepare_runtime, time_callable
+    from keras_ehrnet.benchmarking import (
+        ISOLATED_FORMATS,
+        RUNTIMES,
+        Skipped,
+        export_artefact,
+        floor_ms,
+        prepare_runtime,
+        time_callable,
+    )
 
     size = args.input_size or model.config.input_size
     macs = ke.count_macs(model, size)
     row = {"level": model.config.name, "input_size": size, "gmacs": round(macs / 1e9, 3), "runtimes": {}}
     row["floor_ms"] = round(floor_ms(macs, floor_gflops), 2)
-    ref_ort = None
+    ref_onnx = None
     if args.reference:
-        row["reference"] = bench_reference(model.config.name, size, args, threads, workdir)
-        ref_ort = row["reference"].get("onnxruntime", {}).get("median_ms")
-    for runtime in args.runtimes:
+        row["reference"], ref_onnx = bench_reference(reference, model.config.name, size, workdir)
+    isolated = [r for r in args.runtimes if RUNTIMES[r] and RUNTIMES[r][0] in ISOLATED_FORMATS]
+    entries: dict[str, dict] = {}
+    for runtime in [r for r in args.runtimes if r not in isolated]:
         try:
             fn = prepare_runtime(
                 model,
@@ -96,7 +125,7 @@ def bench_level(model, args, threads: int, workdir: Path, floor_gflops: float) -
                 batch=args.batch,
             )
             stats = time_callable(fn, warmup=args.warmup, runs=args.runs)
-            entry = {"latency": stats.as_dict(), "x_floor": round(stats.median_ms / row["floor_ms"], 2)}
+            entries[runtime] = {"latency": stats.as_dict(), "process": "this (TensorFlow's)"}
             if args.throughput_batch and args.throughput_batch > args.batch:
                 fn_b = prepare_runtime(
                     model,
@@ -108,53 +137,100 @@ def bench_level(model, args, threads: int, workdir: Path, floor_gflops: float) -
                     batch=args.throughput_batch,
                 )
                 tb = time_callable(fn_b, warmup=1, runs=max(3, args.runs // 3))
-                entry["throughput_img_s"] = round(args.throughput_batch * 1000.0 / tb.median_ms, 2)
-                entry["throughput_batch"] = args.throughput_batch
-            if ref_ort:
-                entry["ratio_vs_ref_ort"] = round(stats.median_ms / ref_ort, 3)
-            print(
-                f"  {row['level']} {runtime:<20} {stats.median_ms:8.1f} ms median  p90 {stats.p90_ms:7.1f}  "
-                f"({entry['x_floor']}× floor{', ' + str(entry['ratio_vs_ref_ort']) + '× ref ORT' if ref_ort else ''}; "
-                f"foreign CPU {stats.foreign_cpu_frac}, steal {stats.cpu_steal_frac})",
-                flush=True,
-            )
+                entries[runtime]["throughput_img_s"] = round(args.throughput_batch * 1000.0 / tb.median_ms, 2)
         except Skipped as exc:
-            entry = {"skipped": str(exc)}
-            print(f"  {row['level']} {runtime:<20} skipped: {exc}", flush=True)
+            entries[runtime] = {"skipped": str(exc)}
+    artefacts = {}
+    for runtime in isolated:
+        try:
+            path = export_artefact(
+                model, runtime, (size, size), workdir, calibration_images=args.calibration_images
+            )
+            artefacts[runtime] = (path, "nhwc")
+        except Skipped as exc:
+            entries[runtime] = {"skipped": str(exc)}
+    if ref_onnx is not None:
+        first = {"reference-onnx": (ref_onnx, "nchw")}
+        if args.reference_eager:
+            first["reference-torch"] = (args.reference, f"torch:{model.config.name}")
+        artefacts = {**first, **artefacts}
+    if artefacts:
+        from evaluation.benchmark.isolated import alternate, time_isolated
+
+        print(
+            f"  {row['level']}: {', '.join(artefacts)} in fresh processes, {args.rounds} rounds", flush=True
+        )
+        timed = alternate(
+            artefacts,
+            rounds=args.rounds,
+            threads=threads,
+            batch=args.batch,
+            runs=args.runs,
+            warmup=args.warmup,
+        )
+        if ref_onnx is not None:
+            row["reference"]["onnxruntime"] = timed.pop("reference-onnx")
+            if args.reference_eager:
+                row["reference"]["torch_eager"] = timed.pop("reference-torch")
+        for runtime, entry in timed.items():
+            entries[runtime] = entry
+            if args.throughput_batch and args.throughput_batch > args.batch:
+                tb = time_isolated(
+                    artefacts[runtime][0],
+                    threads=threads,
+                    batch=args.throughput_batch,
+                    runs=max(3, args.runs // 3),
+                    warmup=1,
+                )
+                entry["throughput_img_s"] = round(
+                    args.throughput_batch * 1000.0 / tb["latency"]["median_ms"], 2
+                )
+    ref_ort = (row.get("reference") or {}).get("onnxruntime", {}).get("latency", {}).get("median_ms")
+    for entry in (row.get("reference") or {}).values():
+        if ref_ort and isinstance(entry, dict) and "latency" in entry:
+            entry["ratio_vs_ref_ort"] = round(entry["latency"]["median_ms"] / ref_ort, 3)
+    for runtime in args.runtimes:
+        entry = entries[runtime]
         row["runtimes"][runtime] = entry
+        if "skipped" in entry:
+            print(f"  {row['level']} {runtime:<20} skipped: {entry['skipped']}", flush=True)
+            continue
+        lat = entry["latency"]
+        entry["x_floor"] = round(lat["median_ms"] / row["floor_ms"], 2)
+        if args.throughput_batch and args.throughput_batch > args.batch:
+            entry["throughput_batch"] = args.throughput_batch
+        if ref_ort:
+            entry["ratio_vs_ref_ort"] = round(lat["median_ms"] / ref_ort, 3)
+        print(
+            f"  {row['level']} {runtime:<20} {lat['median_ms']:8.1f} ms median  p90 {lat['p90_ms']:7.1f}  "
+            f"({entry['x_floor']}× floor{', ' + str(entry['ratio_vs_ref_ort']) + '× ref ORT' if ref_ort else ''}; "
+            f"{entry['process']} process)",
+            flush=True,
+        )
     return row
 
 
-def bench_reference(level: str, size: int, args, threads: int, workdir: Path) -> dict:
-    from evaluation.reference import (
-        ReferenceUnavailableError,
-        export_reference_onnx,
-        load_reference_model,
-        ort_infer_fn,
-        torch_infer_fn,
-    )
-    from keras_ehrnet.benchmarking import time_callable
+def load_reference(level: str, args):
+    """The reference's model for `level` with trained-looking BatchNorms, or None (printed why)."""
+    from evaluation.reference import ReferenceUnavailableError, load_reference_model, realistic_batchnorm
 
     try:
         model, _ = load_reference_model(args.reference, level)
     except ReferenceUnavailableError as exc:
         print(f"  {level} reference skipped: {exc}")
-        return {"skipped": str(exc)}
-    out = {}
-    eager = time_callable(
-        torch_infer_fn(model, (size, size), threads=threads), warmup=args.warmup, runs=args.runs
-    )
-    out["torch_eager"] = eager.as_dict()
+        return None
+    realistic_batchnorm(model)
+    return model
+
+
+def bench_reference(model, level: str, size: int, workdir: Path) -> tuple[dict, Path | None]:
+    """The reference's ONNX export, to be timed in a fresh process beside ours (its eager run too)."""
+    from evaluation.reference import export_reference_onnx
+
+    if model is None:
+        return {"skipped": "the reference could not be loaded (see above)"}, None
     onnx_path = export_reference_onnx(model, (size, size), workdir / f"reference_{level}_{size}.onnx")
-    ort = time_callable(
-        ort_infer_fn(onnx_path, (size, size), threads=threads), warmup=args.warmup, runs=args.runs
-    )
-    out["onnxruntime"] = ort.as_dict()
-    print(
-        f"  {level} reference: PyTorch eager {eager.median_ms:.1f} ms, ONNX Runtime {ort.median_ms:.1f} ms",
-        flush=True,
-    )
-    return out
+    return {}, onnx_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,11 +271,17 @@ def main(argv: list[str] | None = None) -> int:
             models = None
         for level in [None] if models else args.levels:
             model = models[0] if models else ke.build_model(level)
-            if not models:
+            reference = load_reference(model.config.name, args) if args.reference else None
+            if reference is not None and not models:
+                from evaluation.reference import reference_state_dict
+
+                # the same weights as the reference: both ONNX files compute the same numbers
+                ke.load_torch_weights(model, reference_state_dict(reference))
+            elif not models:
                 size = args.input_size or model.config.input_size
                 timing_weights(model, (size, size))
             print(f"{model.config.name} at {args.input_size or model.config.input_size}:", flush=True)
-            rows.append(bench_level(model, args, threads, args.workdir, gflops))
+            rows.append(bench_level(model, args, threads, args.workdir, gflops, reference))
     finally:
         if tmp is not None:
             tmp.cleanup()
@@ -210,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": info,
         "threads": threads,
         "batch": args.batch,
+        "rounds": args.rounds,
         "peak_gflops": round(gflops, 1),
         "levels": rows,
     }

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     import keras_ehrnet as ke
+    import keras_ehrnet.model  # noqa: F401  (registers EfficientHRNet for load_model)
     from keras_ehrnet.benchmarking import (
         Skipped,
         configure_threads,

@@ -119,7 +119,7 @@ def _load_model(model: Any) -> Any:
         raise FileNotFoundError(f"Keras model not found: {path}")
     if path.suffix != ".keras":
         raise ValueError(f"expected a .keras model file (saved with model.save), got {path}")
-    import keras_ehrnet  # noqa: F401  (registers EfficientHRNet)
+    import keras_ehrnet.model  # noqa: F401  (registers EfficientHRNet)
 
     check_keras_archive(path)  # says what is wrong where Keras would say "File not found"
     try:

@@ -184,7 +184,7 @@ def _load_keras_source(path: Path) -> keras.Model:
         check_keras_archive(path)
     except ValueError as err:
         raise ConfigError(f"--init {err}") from None
-    import keras_ehrnet  # noqa: F401  (registers EfficientHRNet for deserialisation)
+    import keras_ehrnet.model  # noqa: F401  (registers EfficientHRNet for deserialisation)
 
     try:
         return keras.saving.load_model(str(path), compile=False)

@@ -103,6 +103,8 @@ def quickstart(
     log(f"[2/4] exporting TFLite (fp32) at {input_size}×{input_size}, the size it was trained and scored at")
     import keras
 
+    import keras_ehrnet.model  # noqa: F401  (registers EfficientHRNet for deserialisation)
+
     model = keras.models.load_model(model_path)
     tflite_path = export_tflite(model, out / "model.tflite", size, "fp32", progress=False)
 

@@ -1,0 +1,187 @@
+"""What full-integer int8 costs in COCO AP: fp32 and int8 TFLite of one trained model, same images, same size.
+
+    python -m evaluation.benchmark int8 --model runs/quickstart/model.keras [--input-size 256]
+        [--calibration-images DIR] [--images DIR --annotations FILE] [--workdir DIR] [--json out.json]
+    python -m evaluation.benchmark int8 --train-quickstart runs/int8   # trains the quickstart model first
+
+A model that has learnt something is needed: an untrained one scores 0 either way. The
+quickstart model (`python -m training.quickstart`, H-4 memorising the ten sample images at
+256²) is the default subject; both artefacts are scored with pycocotools through
+`keras_ehrnet.evaluate.evaluate_coco` on the same annotated images, letterboxed into the same
+fixed input, with flip test, exactly as the quickstart scores its fp32 export. The int8 file
+is TFLite's full-integer quantisation (per-channel int8 weights, per-tensor int8 activations
+calibrated on `--calibration-images`, int8 input and outputs). Then, layer by layer, TFLite's
+QuantizationDebugger names the layers whose int8 output differs most from float (error
+relative to the layer's quantisation step), and the program keeps those in float
+("int8, N layers float") and scores again, so the table shows where the AP goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from keras_ehrnet.fileio import atomic_write_json
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.benchmark int8", description=__doc__.split("\n")[0]
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="a trained .keras model (e.g. the quickstart's model.keras)")
+    src.add_argument(
+        "--train-quickstart", type=Path, metavar="DIR", help="train the quickstart model into DIR first"
+    )
+    p.add_argument(
+        "--input-size", type=int, default=256, help="fixed square input of both files (default 256)"
+    )
+    p.add_argument("--images", type=Path, help="annotated image folder (default: the embedded sample)")
+    p.add_argument("--annotations", type=Path, help="COCO keypoint annotations for --images")
+    p.add_argument("--calibration-images", type=Path, help="images for int8 calibration (default: --images)")
+    p.add_argument(
+        "--keep-float", type=int, default=4, help="worst layers kept in float for the last row (0: skip)"
+    )
+    p.add_argument("--workdir", type=Path, default=Path("runs/int8"), help="where the .tflite files go")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    if (args.images is None) != (args.annotations is None):
+        p.error("--images and --annotations go together")
+    return args
+
+
+def layer_errors(debugger) -> list[dict]:
+    """Per-layer int8 error from TFLite's QuantizationDebugger (already run), worst first.
+
+    The figure per layer is the RMSE between its int8 output (dequantised) and its float
+    output divided by the layer's quantisation scale: about 0.29 (= 1/√12) is the rounding
+    floor; much more means the per-tensor range is too wide for the values that matter.
+    """
+    import csv
+    import io
+
+    buf = io.StringIO()
+    debugger.layer_statistics_dump(buf)
+    rows = []
+    for row in csv.DictReader(buf.getvalue().splitlines()):
+        scale = float(row.get("scale") or 0.0)
+        rmse = float(row.get("mean_squared_error") or 0.0) ** 0.5
+        rows.append(
+            {
+                "tensor": row["tensor_name"],
+                "op": row.get("op_name"),
+                "rmse": rmse,
+                "scale": scale,
+                "rmse_over_scale": rmse / scale if scale else 0.0,
+            }
+        )
+    rows.sort(key=lambda r: -r["rmse_over_scale"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import keras
+
+    import keras_ehrnet.model  # noqa: F401  (registers EfficientHRNet for load_model)
+    from keras_ehrnet.data import sample_dataset
+    from keras_ehrnet.evaluate import evaluate_coco
+    from keras_ehrnet.export.savedmodel import export_savedmodel
+    from keras_ehrnet.export.tflite import (
+        configure_converter,
+        export_tflite,
+        representative_dataset,
+    )
+    from keras_ehrnet.fileio import atomic_write_bytes
+
+    if args.train_quickstart:
+        from keras_ehrnet.train.quickstart import quickstart
+
+        args.model = Path(quickstart(args.train_quickstart, input_size=args.input_size)["files"]["model"])
+    if not args.model.is_file():
+        print(f"error: model not found: {args.model}", file=sys.stderr)
+        return 2
+    ann, images = (args.annotations, args.images) if args.images else sample_dataset()
+    calibration = args.calibration_images or images
+    size = (args.input_size, args.input_size)
+    model = keras.saving.load_model(args.model, compile=False)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+
+    def score(path: Path) -> dict:
+        summary = evaluate_coco(str(path), ann, images, flip=True, progress=False, verbose=False)
+        return {k: v for k, v in summary.items() if isinstance(v, (int, float))}
+
+    rows = {}
+    fp32 = export_tflite(model, args.workdir / "model_fp32.tflite", size, "fp32", progress=False)
+    rows["fp32"] = score(fp32)
+    print(f"fp32 TFLite: AP {rows['fp32']['AP']:.4f}", flush=True)
+    int8 = export_tflite(model, args.workdir / "model_int8.tflite", size, "int8", calibration_dir=calibration)
+    rows["int8"] = score(int8)
+    print(
+        f"int8 TFLite: AP {rows['int8']['AP']:.4f} (Δ {rows['int8']['AP'] - rows['fp32']['AP']:+.4f})",
+        flush=True,
+    )
+    result = {
+        "model": str(args.model),
+        "input_size": list(size),
+        "images": str(images),
+        "annotations": str(ann),
+        "calibration_images": str(calibration),
+        "rows": rows,
+    }
+    if args.keep_float:
+        import tempfile
+
+        import tensorflow as tf
+
+        representative = representative_dataset(calibration, size, progress=False)
+        with tempfile.TemporaryDirectory(prefix="ehrnet-int8-") as tmp:
+            export_savedmodel(model, tmp, size, float_default=True)
+
+            def converter():
+                c = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+                return configure_converter(c, "int8", representative)
+
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter(), debug_dataset=representative
+            )
+            debugger.run()
+            worst = layer_errors(debugger)
+            result["layer_errors"] = worst[:20]
+            for row in worst[:10]:
+                print(
+                    f"  {row['tensor']} ({row['op']}): {row['rmse_over_scale']:.2f} quantisation steps RMSE"
+                )
+            keep = [row["tensor"] for row in worst[: args.keep_float]]
+            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter(), debug_dataset=representative, debug_options=options
+            )
+            mixed = atomic_write_bytes(
+                args.workdir / "model_int8_mixed.tflite", debugger.get_nondebug_quantized_model()
+            )
+        label = f"int8, {len(keep)} worst layers float"
+        rows[label] = score(mixed)
+        rows[label]["float_layers"] = keep
+        print(
+            f"{label}: AP {rows[label]['AP']:.4f} (Δ {rows[label]['AP'] - rows['fp32']['AP']:+.4f})",
+            flush=True,
+        )
+    result["delta_ap_int8"] = round(rows["int8"]["AP"] - rows["fp32"]["AP"], 4)
+    print()
+    print("| TFLite | AP | AP50 | AP75 | AR | Δ AP vs fp32 |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(
+            f"| {name} | {r['AP']:.3f} | {r['AP50']:.3f} | {r['AP75']:.3f} | {r['AR']:.3f} | "
+            f"{r['AP'] - rows['fp32']['AP']:+.3f} |"
+        )
+    if args.json:
+        atomic_write_json(args.json, result, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

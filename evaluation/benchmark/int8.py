@@ -12,8 +12,9 @@ fixed input, with flip test, exactly as the quickstart scores its fp32 export. T
 is TFLite's full-integer quantisation (per-channel int8 weights, per-tensor int8 activations
 calibrated on `--calibration-images`, int8 input and outputs). Then, layer by layer, TFLite's
 QuantizationDebugger names the layers whose int8 output differs most from float (error
-relative to the layer's quantisation step), and the program keeps those in float
-("int8, N layers float") and scores again, so the table shows where the AP goes.
+relative to the layer's quantisation step), and the program scores two mixed files made by
+the same debugger: the two output convolutions kept in float ("heads float"), and the
+`--keep-float` worst layers kept in float, so the table shows where the AP goes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import sys
 from pathlib import Path
 
 from keras_ehrnet.fileio import atomic_write_json
+
+HEAD_LAYERS = ("final_quarter", "final_half")  # the two 1×1 output convolutions (keras_ehrnet.model)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -153,21 +156,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {row['tensor']} ({row['op']}): {row['rmse_over_scale']:.2f} quantisation steps RMSE"
                 )
-            keep = [row["tensor"] for row in worst[: args.keep_float]]
-            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
-            debugger = tf.lite.experimental.QuantizationDebugger(
-                converter=converter(), debug_dataset=representative, debug_options=options
-            )
-            mixed = atomic_write_bytes(
-                args.workdir / "model_int8_mixed.tflite", debugger.get_nondebug_quantized_model()
-            )
-        label = f"int8, {len(keep)} worst layers float"
-        rows[label] = score(mixed)
-        rows[label]["float_layers"] = keep
-        print(
-            f"{label}: AP {rows[label]['AP']:.4f} (Δ {rows[label]['AP'] - rows['fp32']['AP']:+.4f})",
-            flush=True,
-        )
+            heads = sorted({r["tensor"] for r in worst if any(h in r["tensor"] for h in HEAD_LAYERS)})
+            variants = {
+                f"int8, heads float ({', '.join(HEAD_LAYERS)})": heads,
+                f"int8, {args.keep_float} worst layers float": [
+                    r["tensor"] for r in worst[: args.keep_float]
+                ],
+            }
+            for k, (label, keep) in enumerate(variants.items()):
+                options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
+                debugger = tf.lite.experimental.QuantizationDebugger(
+                    converter=converter(), debug_dataset=representative, debug_options=options
+                )
+                path = args.workdir / f"model_int8_mixed{k}.tflite"
+                mixed = atomic_write_bytes(path, debugger.get_nondebug_quantized_model())
+                rows[label] = score(mixed)
+                rows[label]["float_layers"] = keep
+                delta = rows[label]["AP"] - rows["fp32"]["AP"]
+                print(f"{label}: AP {rows[label]['AP']:.4f} (Δ {delta:+.4f})", flush=True)
     result["delta_ap_int8"] = round(rows["int8"]["AP"] - rows["fp32"]["AP"], 4)
     print()
     print("| TFLite | AP | AP50 | AP75 | AR | Δ AP vs fp32 |")

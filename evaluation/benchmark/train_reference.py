@@ -140,3 +140,69 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def reference_round(args: argparse.Namespace, level: str, size: int, threads: int) -> dict:
+    """One timing of the reference's training step in a fresh process (no TensorFlow pools there)."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "evaluation.benchmark.train_reference", str(args.reference), level]
+    cmd += ["--batch-size", str(args.batch_size), "--input-size", str(size), "--threads", str(threads)]
+    cmd += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"error: the reference's training step failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1])
+
+
+def compare_levels(args: argparse.Namespace, measure_throughput) -> list[dict]:
+    """Per level: our step (`measure_throughput`, this process) then the reference's (fresh process), --rounds times."""
+    from keras_ehrnet.benchmarking import configure_threads
+
+    threads = configure_threads(args.threads)
+    rows = []
+    for level in args.levels:
+        ours, ref = [], []
+        for _ in range(args.rounds):
+            ours.append(
+                measure_throughput(
+                    level,
+                    input_size=args.input_size,
+                    batch_size=args.batch_size,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    mixed_precision=args.mixed_precision,
+                )
+            )
+            ref.append(reference_round(args, level, ours[-1]["input_size"], threads))
+            print(
+                f"{level:>6} {ours[-1]['input_size']:>6} ours {ours[-1]['step_seconds_median']:.2f} s/step, "
+                f"reference {ref[-1]['step_seconds_median']:.2f} s/step (fresh process)",
+                flush=True,
+            )
+        ours_s = statistics.median(r["step_seconds_median"] for r in ours)
+        ref_s = statistics.median(r["step_seconds_median"] for r in ref)
+        row = dict(ours[-1])
+        row.update(
+            threads=threads,
+            step_seconds_median=ours_s,
+            images_per_sec=args.batch_size / ours_s,
+            reference_step_seconds_median=ref_s,
+            reference_images_per_sec=args.batch_size / ref_s,
+            ratio_time_per_image_vs_reference=round(ours_s / ref_s, 3),
+            rounds={
+                "ours_step_seconds": [r["step_seconds_median"] for r in ours],
+                "reference_step_seconds": [r["step_seconds_median"] for r in ref],
+            },
+            reference=ref[-1],
+        )
+        print(
+            f"{level}: {row['ratio_time_per_image_vs_reference']}× the reference's time per image "
+            f"(batch {args.batch_size}, {threads} threads, median of {args.rounds} rounds)",
+            flush=True,
+        )
+        rows.append(row)
+    return rows

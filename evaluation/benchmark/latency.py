@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
                 timing_weights(model, (size, size))
             print(f"{model.config.name} at {args.input_size or model.config.input_size}:", flush=True)
             rows.append(bench_level(model, args, threads, args.workdir, gflops, reference))
+            if args.json:  # finished levels survive an interrupted run
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(args.json, {"machine": info, "threads": threads, "levels": rows}, indent=1)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -288,3 +288,38 @@ def test_openvino_runner_matches_the_onnx_file(tiny_and_pixels, tmp_path):
     broken.write_text("<net>not finished")
     with pytest.raises(ValueError, match="broken.xml is not a valid OpenVINO/ONNX model"):
         load_runner(broken)
+
+
+def test_training_comparison_takes_medians_of_interleaved_rounds(monkeypatch):
+    import argparse
+
+    import evaluation.benchmark.train_reference as tr
+
+    ours = iter([3.0, 1.0, 2.0])
+    theirs = iter([4.0, 2.0, 4.0])
+    calls = []
+
+    def measure(level, **kwargs):
+        calls.append(("ours", level))
+        return {"input_size": 384, "step_seconds_median": next(ours)}
+
+    def reference(args, level, size, threads):
+        calls.append(("reference", level))
+        return {"input_size": size, "step_seconds_median": next(theirs)}
+
+    monkeypatch.setattr(tr, "reference_round", reference)
+    args = argparse.Namespace(
+        levels=["H-4"],
+        rounds=3,
+        threads=1,
+        input_size=None,
+        batch_size=2,
+        steps=1,
+        warmup=0,
+        mixed_precision="float32",
+    )
+    (row,) = tr.compare_levels(args, measure)
+    assert calls == [("ours", "H-4"), ("reference", "H-4")] * 3  # interleaved
+    assert row["step_seconds_median"] == 2.0 and row["reference_step_seconds_median"] == 4.0
+    assert row["ratio_time_per_image_vs_reference"] == 0.5
+    assert row["rounds"]["reference_step_seconds"] == [4.0, 2.0, 4.0]

@@ -8,7 +8,7 @@ parity is in test_export.py.
 import numpy as np
 import pytest
 
-from keras_ehrnet.runtimes import (
+from keras_ehrnet.deploy.runtimes import (
     KerasRunner,
     OnnxRunner,
     RuntimeUnavailableError,
@@ -55,7 +55,7 @@ def pixels():
 
 @pytest.fixture(scope="module")
 def float_savedmodel(tiny, tmp_path_factory):
-    from keras_ehrnet.export.savedmodel import export_savedmodel
+    from keras_ehrnet.deploy.savedmodel import export_savedmodel
 
     return export_savedmodel(tiny, tmp_path_factory.mktemp("tiny") / "sm", (SIZE, SIZE), float_default=True)
 
@@ -128,7 +128,7 @@ _TFLITE: dict = {}
 
 
 def tiny_tflite(float_savedmodel, precision):
-    from keras_ehrnet.export.tflite import tflite_from_savedmodel
+    from keras_ehrnet.deploy.tflite import tflite_from_savedmodel
 
     if precision not in _TFLITE:
         rng = np.random.default_rng(1)
@@ -188,7 +188,7 @@ def test_tflite_runner_resizes_for_the_batch(float_savedmodel, pixels):
 
 
 def test_onnx_runner(tiny, pixels, tmp_path):
-    from keras_ehrnet.export.onnx import export_onnx
+    from keras_ehrnet.deploy.onnx import export_onnx
 
     path = export_onnx(tiny, tmp_path / "tiny.onnx", None)
     runner = load_runner(path, num_threads=1)

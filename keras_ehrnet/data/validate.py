@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from keras_ehrnet.data.coco import DatasetError, ImageError, decode_image_file, jpeg_is_complete
-from keras_ehrnet.data.dataset_info import BBOX_AREA_FACTOR
+from keras_ehrnet.keypoints import BBOX_AREA_FACTOR
 
 log = logging.getLogger("keras_ehrnet.data")
 

@@ -112,8 +112,8 @@ def _source_model_from_workdir(path: Path) -> keras.Model:
     """Rebuild the model of a training workdir (its config.yaml) and restore its latest checkpoint."""
     import tensorflow as tf
 
-    from keras_ehrnet.model import build_model
-    from keras_ehrnet.scaling import DROP_CONNECT_RATE
+    from keras_ehrnet.models.model import build_model
+    from keras_ehrnet.models.scaling import DROP_CONNECT_RATE
 
     workdir = path if (path / "config.yaml").is_file() else path.parent
     config_file = workdir / "config.yaml"

@@ -43,7 +43,7 @@ def quickstart(
 ) -> dict[str, Any]:
     """Train `level` on the sample, score COCO AP, export TFLite, predict and draw on the sample.
 
-    The recipe is the overfitting benchmark's (`keras_ehrnet.train.benchmark.overfit`): whole
+    The recipe is the overfitting benchmark's (`keras_ehrnet.train.overfit.overfit`): whole
     images letterboxed into `input_size`², no augmentation, He-initialised HR part, no
     stochastic depth, Adam stepped ×0.1 at 88 % and 96 % of `epochs`. `minutes` is only a
     safety cap for slow machines (a stop by time keeps the model as it stands).
@@ -55,11 +55,11 @@ def quickstart(
     Returns the metrics with the paths of those files.
     """
     from keras_ehrnet.data import sample_dataset
-    from keras_ehrnet.evaluate import evaluate_coco
-    from keras_ehrnet.export.tflite import export_tflite
-    from keras_ehrnet.predictor import Predictor, predict_files
-    from keras_ehrnet.train.benchmark import overfit
-    from keras_ehrnet.viz import write_comparison
+    from keras_ehrnet.deploy.tflite import export_tflite
+    from keras_ehrnet.inference.drawing import write_comparison
+    from keras_ehrnet.inference.predictor import Predictor, predict_files
+    from keras_ehrnet.metrics.coco import evaluate_coco
+    from keras_ehrnet.train.overfit import overfit
 
     started = time.perf_counter()
     out = Path(out_dir)

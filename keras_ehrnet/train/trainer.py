@@ -39,10 +39,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ehrnet.fileio import atomic_save_model, check_writable, one_line, remove_stale_temporaries
-from keras_ehrnet.losses import EHRNetLoss
 from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig, resolve_num_joints
 from keras_ehrnet.train.distribute import is_chief, make_strategy, remove_scratch, write_dir
 from keras_ehrnet.train.finetune import InitReport, freeze_backbone, load_initial_weights
+from keras_ehrnet.train.losses import EHRNetLoss
 from keras_ehrnet.train.monitor import TrainMonitor, heatmap_panel
 from keras_ehrnet.train.optim import build_optimizer, decayed_variables
 
@@ -158,13 +158,13 @@ def coco_validation(config: TrainConfig) -> Callable[[keras.Model], dict]:
     flip_index = None
     if d.flip_pairs is not None:
         from keras_ehrnet.data.coco import flip_index_from_pairs
-        from keras_ehrnet.evaluate import keypoint_category, load_coco
+        from keras_ehrnet.metrics.coco import keypoint_category, load_coco
 
         names = keypoint_category(load_coco(d.val_ann))["keypoints"]
         flip_index = flip_index_from_pairs(d.flip_pairs, names)
 
     def evaluate(model: keras.Model) -> dict:
-        from keras_ehrnet.evaluate import evaluate_coco
+        from keras_ehrnet.metrics.coco import evaluate_coco
 
         return evaluate_coco(
             model,
@@ -300,7 +300,7 @@ class Trainer:
             if model_fn is not None:
                 model = model_fn()
             else:
-                from keras_ehrnet.model import build_model
+                from keras_ehrnet.models.model import build_model
 
                 model = build_model(
                     c.model.level,

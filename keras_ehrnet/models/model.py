@@ -7,9 +7,9 @@ import os
 import keras
 from keras import layers
 
-from keras_ehrnet import blocks
-from keras_ehrnet.backbone import _input_shape, efficientnet_features, pixel_normalization
-from keras_ehrnet.scaling import DROP_CONNECT_RATE, EHRNetConfig, LevelLike, get_config
+from keras_ehrnet.models import blocks
+from keras_ehrnet.models.backbone import _input_shape, efficientnet_features, pixel_normalization
+from keras_ehrnet.models.scaling import DROP_CONNECT_RATE, EHRNetConfig, LevelLike, get_config
 
 OUTPUT_NAMES = ("quarter", "half")
 
@@ -71,7 +71,7 @@ class EfficientHRNet(keras.Model):
     `half` (B, H/2, W/2, J heatmaps). `config` holds every size.
 
     `fold_batchnorm=True` builds the inference twin without BatchNorm layers (see
-    `keras_ehrnet.folding.fold_batchnorm`, which fills it from a trained model).
+    `keras_ehrnet.models.folding.fold_batchnorm`, which fills it from a trained model).
     `drop_connect_rate` is the backbone's stochastic depth in training (the released 0.2 by
     default; 0 leaves the Dropout layers out, e.g. to overfit a small set). Inference ignores it.
     """
@@ -147,11 +147,11 @@ def build_model(
     `backbone_weights`: "imagenet" (H0: Keras' EfficientNetB0, downloaded and cached by Keras)
     or a file (Keras' EfficientNetB0 weights for H0, the authors' compact B0 … B-4 `.pth` for
     any level) to start the backbone from ImageNet; the rest keeps its initialisation and a
-    one-line report says what was loaded (see `keras_ehrnet.pretrained`). With a pretrained
+    one-line report says what was loaded (see `keras_ehrnet.weights.pretrained`). With a pretrained
     backbone the released `hr_init` is the authors' recipe.
     """
     if backbone_weights is not None:
-        from keras_ehrnet.pretrained import load_backbone_weights, resolve_backbone_weights
+        from keras_ehrnet.weights.pretrained import load_backbone_weights, resolve_backbone_weights
 
         backbone_weights = resolve_backbone_weights(get_config(level), backbone_weights)
     model = EfficientHRNet(

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from keras_ehrnet.decoding import COCO_FLIP_INDEX, ScaleOutputs
-from keras_ehrnet.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, apply_affine, make_test_plan
+from keras_ehrnet.inference.decoding import COCO_FLIP_INDEX, ScaleOutputs
+from keras_ehrnet.inference.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, apply_affine, make_test_plan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +146,7 @@ def oracle_outputs(
     """Ideal outputs of one image from its COCO annotations, with the plan that places them.
 
     `image_shape` is (height, width[, channels]) of the original image. Decode with
-    `keras_ehrnet.decoding.decode_outputs(outputs, plan)`.
+    `keras_ehrnet.inference.decoding.decode_outputs(outputs, plan)`.
     """
     plan = make_test_plan(
         tuple(image_shape[:2]),

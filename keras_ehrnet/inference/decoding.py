@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from keras_ehrnet.transforms import TestPlan
+from keras_ehrnet.inference.transforms import TestPlan
 
 COCO_KEYPOINT_NAMES: tuple[str, ...] = (
     "nose",
@@ -757,7 +757,7 @@ def decode_outputs(
 ) -> DecodeResult:
     """Network outputs of one image (one `ScaleOutputs` per test scale) → people.
 
-    With a `plan` (from `keras_ehrnet.transforms.make_test_plan`) keypoints are in
+    With a `plan` (from `keras_ehrnet.inference.transforms.make_test_plan`) keypoints are in
     original image pixels; without, in pixels of the network input whose outputs
     were given (one scale only). `timings`, when a dict, receives seconds per stage.
     """

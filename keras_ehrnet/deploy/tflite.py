@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_ehrnet.export.common import DEFAULT_CALIBRATION_IMAGES, calibration_images
-from keras_ehrnet.export.savedmodel import export_savedmodel
+from keras_ehrnet.deploy.common import DEFAULT_CALIBRATION_IMAGES, calibration_images
+from keras_ehrnet.deploy.savedmodel import export_savedmodel
 from keras_ehrnet.fileio import atomic_write_bytes
 
 TFLITE_PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from keras_ehrnet.scaling import PAPER_FACTS
+from keras_ehrnet.models.scaling import PAPER_FACTS
 
 # Bottom-up methods of the paper's Table 4 (COCO val, single scale): AP, GFLOPs (multiply-adds), FPS on NX.
 PAPER_PEERS: dict[str, dict[str, float | None]] = {

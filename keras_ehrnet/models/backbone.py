@@ -7,8 +7,8 @@ import os
 import keras
 from keras import layers
 
-from keras_ehrnet import blocks
-from keras_ehrnet.scaling import ENDPOINT_STAGES, EHRNetConfig, LevelLike, get_config
+from keras_ehrnet.models import blocks
+from keras_ehrnet.models.scaling import ENDPOINT_STAGES, EHRNetConfig, LevelLike, get_config
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,12 +72,12 @@ def build_backbone(
 
     Layer names are those of `build_model`, so weights move between the two by name.
     `weights`: None (random, as `build_model`), "imagenet" (H0: Keras' EfficientNetB0 ImageNet
-    weights, downloaded and cached by Keras) or a file (see `keras_ehrnet.pretrained`); what was
+    weights, downloaded and cached by Keras) or a file (see `keras_ehrnet.weights.pretrained`); what was
     loaded is printed.
     """
     config = get_config(level_or_phi)
     if weights is not None:
-        from keras_ehrnet.pretrained import load_backbone_weights, resolve_backbone_weights
+        from keras_ehrnet.weights.pretrained import load_backbone_weights, resolve_backbone_weights
 
         weights = resolve_backbone_weights(config, weights)  # fail fast, before building
     inputs = keras.Input(_input_shape(input_size, multiple=32), name="image")

@@ -1,7 +1,5 @@
-"""Evidence that training works: throughput per level and an overfitting run on real images.
+"""Evidence that training works: an overfitting run on real images, and its curves.
 
-`measure_throughput` times the real training step (forward, both losses, backward, Adam) on
-an in-memory batch, so the figure is the network's, not the input pipeline's.
 `overfit` trains on a small COCO-format set and scores COCO AP on the same images before and
 after; `plot_losses` draws its loss and AP curves, `plot_ap_curves` compares runs by step.
 """
@@ -10,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,104 +17,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_ehrnet.benchmarking import CpuMeter, machine_info
 from keras_ehrnet.fileio import atomic_save_model, atomic_write_json
+from keras_ehrnet.metrics.benchmarking import CpuMeter, machine_info
 from keras_ehrnet.train.config import TrainConfig, apply_overrides, config_from_dict, resolve_num_joints
 from keras_ehrnet.train.trainer import CocoTrainData, Trainer, TrainResult
-
-
-def synthetic_batch(batch: int, size: int, num_joints: int, seed: int = 0):
-    """One (images, targets) batch with the data pipeline's structure, for timing."""
-    rng = np.random.default_rng(seed)
-    q, h = size // 4, size // 2
-    heat_q = np.zeros((batch, q, q, num_joints), np.float32)
-    heat_h = np.zeros((batch, h, h, num_joints), np.float32)
-    joints = np.zeros((batch, 30, num_joints, 2), np.int32)
-    for b in range(batch):
-        for p in range(3):
-            ys, xs = rng.integers(0, q, (2, num_joints))
-            heat_q[b, ys, xs, np.arange(num_joints)] = 1.0
-            heat_h[b, 2 * ys, 2 * xs, np.arange(num_joints)] = 1.0
-            joints[b, p, :, 0] = ys * q + xs
-            joints[b, p, :, 1] = 1
-    images = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
-    targets = {
-        "heatmaps_quarter": heat_q,
-        "heatmaps_half": heat_h,
-        "mask_quarter": np.ones((batch, q, q), np.float32),
-        "mask_half": np.ones((batch, h, h), np.float32),
-        "joints": joints,
-    }
-    return images, targets
-
-
-def measure_throughput(
-    level: str | float = "H-4",
-    *,
-    input_size: int | None = None,
-    batch_size: int = 2,
-    steps: int = 5,
-    warmup: int = 2,
-    mixed_precision: str = "float32",
-    strategy: tf.distribute.Strategy | None = None,
-    model_fn: Callable | None = None,
-    num_joints: int = 17,
-) -> dict[str, Any]:
-    """Training images per second of one level (at its native resolution by default).
-
-    Runs `warmup + steps` real training steps (the first includes tracing) on one repeated
-    in-memory batch per replica and reports the median over the timed steps.
-    """
-    from keras_ehrnet.scaling import get_config
-
-    size = int(input_size or get_config(level).input_size)
-    with tempfile.TemporaryDirectory() as workdir:
-        config = config_from_dict(
-            {
-                "model": {"level": level, "num_joints": num_joints},
-                "data": {"input_size": size, "batch_size": batch_size},
-                "train": {
-                    "epochs": 1,
-                    "steps_per_epoch": warmup + steps,
-                    "workdir": workdir,
-                    "mixed_precision": mixed_precision,
-                    "strategy": "default",
-                },
-                "checkpoint": {"every_steps": 10**9},
-                "logging": {"progress": False, "every_steps": 10**9, "images_every_steps": 0},
-            }
-        )
-        strategy = strategy or tf.distribute.get_strategy()
-        global_batch = batch_size * strategy.num_replicas_in_sync
-        images, targets = synthetic_batch(batch_size, size, num_joints)
-
-        def dataset_fn(ctx, epoch):
-            return tf.data.Dataset.from_tensors((images, targets)).repeat(warmup + steps)
-
-        started = time.perf_counter()
-        trainer = Trainer(config, strategy=strategy, model_fn=model_fn, dataset_fn=dataset_fn)
-        trainer.save_models = False
-        with CpuMeter() as meter:
-            result = trainer.fit()
-        total = time.perf_counter() - started
-    rates = [row["images_per_sec"] for row in result.history[warmup:]]
-    seconds = [global_batch / r for r in rates]
-    return {
-        "level": str(level),
-        "input_size": size,
-        "batch_size": global_batch,
-        "replicas": strategy.num_replicas_in_sync,
-        "mixed_precision": mixed_precision,
-        "steps_timed": len(rates),
-        "images_per_sec": float(np.median(rates)),
-        "step_seconds_median": float(np.median(seconds)),
-        "first_step_seconds": float(global_batch / result.history[0]["images_per_sec"]),
-        "total_seconds": total,
-        "final_loss": float(result.history[-1]["loss"]),
-        "machine": machine_info(),
-        **meter.result(),
-        "cpu_warning": meter.warning(),
-    }
 
 
 def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -192,7 +95,7 @@ def plot_losses(
     The terms are drawn as moving averages on a log scale (single steps of the push term are
     often exactly 0); dotted lines mark the steps where the learning rate changed.
     """
-    from keras_ehrnet.reporting import pyplot, save_figure
+    from keras_ehrnet.metrics.reporting import pyplot, save_figure
 
     plt = pyplot()
     steps = np.array([row["step"] for row in history])
@@ -258,7 +161,7 @@ def plot_ap_curves(
     xlabel: str = AP_AXES["step"],
 ) -> Path:
     """PNG of several runs' (x, AP) curves on one axis (x from `ap_points`), to compare recipes."""
-    from keras_ehrnet.reporting import pyplot, save_figure
+    from keras_ehrnet.metrics.reporting import pyplot, save_figure
 
     plt = pyplot()
     if not runs:
@@ -345,7 +248,7 @@ def overfit(
     "crop" trains on the centred square at short side R (the paper's crop when no
     augmentation is drawn) and scores at short side R, where people outside that
     square are scored but were never seen (17 % of coco-mini's visible keypoints).
-    `hr_init` initialises the HR part ("released" or "he", see `keras_ehrnet.blocks.hr_init`).
+    `hr_init` initialises the HR part ("released" or "he", see `keras_ehrnet.models.blocks.hr_init`).
     `drop_connect_rate` is the backbone's stochastic depth: off by default, since like
     augmentation it is a regulariser, and it works against memorising the set.
     `augment` sets data.* augmentation ranges; by default there is none (`NO_AUGMENTATION`),
@@ -360,7 +263,7 @@ def overfit(
     SIGTERM, with a checkpoint, and is evaluated as it stands). `val_every` > 0 also scores
     AP on the same images every that many epochs (the AP curve goes into metrics.json).
     """
-    from keras_ehrnet.evaluate import evaluate_coco
+    from keras_ehrnet.metrics.coco import evaluate_coco
 
     if view not in OVERFIT_VIEWS:
         raise ValueError(f"view must be one of {OVERFIT_VIEWS}, got {view!r}")

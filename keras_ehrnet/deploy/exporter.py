@@ -1,41 +1,17 @@
-"""Export EfficientHRNet for deployment: SavedModel (TF Serving), TFLite/LiteRT, ONNX, TF-TRT, TensorRT.
-
-`export(model, format, out, precision=...)` is the one entry point (and what
-`python -m conversion` calls). Every artefact takes the Keras model's input
-(RGB pixels 0..255, NHWC; uint8 for the SavedModel's default signature) and
-returns its two outputs `quarter` and `half`; `keras_ehrnet.runtimes.load_runner`
-runs any of them. Formats and precisions:
-
-| format     | precisions                        | input size                   |
-|------------|-----------------------------------|------------------------------|
-| savedmodel | fp32 (+ decoder signatures)       | dynamic unless given         |
-| tflite     | fp32, fp16, int8-dynamic, int8    | fixed (default: native R)    |
-| onnx       | fp32                              | dynamic unless given         |
-| tftrt      | fp32, fp16, int8                  | fixed (TensorRT TF builds)   |
-| tensorrt   | fp32, fp16, int8                  | fixed (TensorRT Python API)  |
-
-int8 means full-integer with calibration on real images (`calibration_images`);
-int8-dynamic (TFLite only) quantises the weights and needs no images.
-"""
+"""The one export entry point: `export(model, format, out, precision=...)` and its option checks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from keras_ehrnet.decoding import DecodeConfig
-from keras_ehrnet.export.common import (
+from keras_ehrnet.deploy.common import (
     DEFAULT_CALIBRATION_IMAGES,
-    calibration_images,
-    collect_skipped,
-    letterbox,
-    letterbox_tf,
     list_images,
-    read_image,
     resolve_size,
 )
-from keras_ehrnet.fileio import OutputPathError, check_keras_archive, check_writable
-from keras_ehrnet.runtimes import RuntimeUnavailableError
+from keras_ehrnet.fileio import check_keras_archive, check_writable
+from keras_ehrnet.inference.decoding import DecodeConfig
 
 FORMATS = ("savedmodel", "tflite", "onnx", "tftrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
@@ -55,26 +31,6 @@ _ADVICE = {
     "onnx": "for fp16/int8 on Jetson build a TensorRT engine from the fp32 ONNX (--format tensorrt, or trtexec --fp16/--int8)",
 }
 
-__all__ = [
-    "DEFAULT_CALIBRATION_IMAGES",
-    "DIRECTORY_FORMATS",
-    "FORMATS",
-    "PRECISIONS",
-    "SUPPORTED_PRECISIONS",
-    "DecodeConfig",
-    "OutputPathError",
-    "RuntimeUnavailableError",
-    "calibration_images",
-    "check_options",
-    "collect_skipped",
-    "default_output_path",
-    "export",
-    "letterbox",
-    "letterbox_tf",
-    "list_images",
-    "read_image",
-]
-
 
 def check_options(format: str, precision: str, *, with_decoder: bool = False) -> None:
     """Refuse impossible format/precision/decoder combinations with a message that says what works."""
@@ -92,7 +48,7 @@ def check_options(format: str, precision: str, *, with_decoder: bool = False) ->
     if with_decoder and format != "savedmodel":
         raise ValueError(
             f"--with-decoder is only for the SavedModel (TF ops in the graph); format {format} exports the network, "
-            "decode its outputs with keras_ehrnet.decoding"
+            "decode its outputs with keras_ehrnet.inference.decoding"
         )
 
 
@@ -156,7 +112,7 @@ def export(
     # an output that cannot be written fails now, not after the conversion
     check_writable(out, kind="dir" if format in DIRECTORY_FORMATS else "file", what="--out")
     if format == "tftrt":
-        from keras_ehrnet.export.tftrt import require_tftrt
+        from keras_ehrnet.deploy.tftrt import require_tftrt
 
         require_tftrt()  # before any slow work
     if calibration_images is not None:
@@ -165,11 +121,11 @@ def export(
     size = resolve_size(model, input_size, fixed=format in FIXED_SIZE_FORMATS)
     out = Path(out)
     if format == "savedmodel":
-        from keras_ehrnet.export.savedmodel import export_savedmodel
+        from keras_ehrnet.deploy.savedmodel import export_savedmodel
 
         return export_savedmodel(model, out, size, with_decoder=with_decoder, decoder_config=decoder_config)
     if format == "tflite":
-        from keras_ehrnet.export.tflite import export_tflite
+        from keras_ehrnet.deploy.tflite import export_tflite
 
         return export_tflite(
             model,
@@ -181,11 +137,11 @@ def export(
             progress=progress,
         )
     if format == "onnx":
-        from keras_ehrnet.export.onnx import export_onnx
+        from keras_ehrnet.deploy.onnx import export_onnx
 
         return export_onnx(model, out, size, opset=opset)
     if format == "tftrt":
-        from keras_ehrnet.export.tftrt import export_tftrt
+        from keras_ehrnet.deploy.tftrt import export_tftrt
 
         return export_tftrt(
             model,
@@ -196,7 +152,7 @@ def export(
             num_calibration_images=num_calibration_images,
             progress=progress,
         )
-    from keras_ehrnet.export.tensorrt import export_tensorrt
+    from keras_ehrnet.deploy.tensorrt import export_tensorrt
 
     return export_tensorrt(
         model,

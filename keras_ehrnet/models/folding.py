@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_ehrnet.model import EfficientHRNet
+from keras_ehrnet.models.model import EfficientHRNet
 
 
 def fold_batchnorm(model: EfficientHRNet) -> EfficientHRNet:

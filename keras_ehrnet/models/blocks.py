@@ -18,7 +18,7 @@ import contextvars
 import keras
 from keras import layers
 
-from keras_ehrnet.layers import NearestUpsampling2D
+from keras_ehrnet.models.layers import NearestUpsampling2D
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
@@ -74,7 +74,7 @@ _FOLD_BATCHNORM = contextvars.ContextVar("fold_batchnorm", default=False)
 def folded_batchnorm(enabled: bool = True):
     """Build the inference twin: no BatchNorm layers, every conv that fed one gets a bias.
 
-    `keras_ehrnet.folding.fold_batchnorm` fills such a graph with the folded weights.
+    `keras_ehrnet.models.folding.fold_batchnorm` fills such a graph with the folded weights.
     """
     token = _FOLD_BATCHNORM.set(enabled)
     try:

@@ -90,7 +90,7 @@ class Runner(abc.ABC):
             raise ValueError(
                 f"{self.name} artefact {self.path or ''} was exported for input "
                 f"{self.fixed_input_size[0]}x{self.fixed_input_size[1]}, got {size[0]}x{size[1]}; "
-                "resize/pad the images to that size (see keras_ehrnet.export.letterbox)"
+                "resize/pad the images to that size (see keras_ehrnet.deploy.letterbox)"
             )
         if size[0] % 32 or size[1] % 32:
             raise ValueError(f"image height and width must be divisible by 32; got {size[0]}x{size[1]}")
@@ -359,7 +359,7 @@ class TensorRTRunner(Runner):
     """A serialised TensorRT engine (.engine/.plan) built from our ONNX file; needs tensorrt and cuda-python."""
 
     def __init__(self, path: Path, *, num_threads: int | None = None):
-        from keras_ehrnet.export.tensorrt import load_engine_session
+        from keras_ehrnet.deploy.tensorrt import load_engine_session
 
         self.path = Path(path)
         self._session = load_engine_session(self.path)

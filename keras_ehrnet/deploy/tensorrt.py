@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from keras_ehrnet.export.common import DEFAULT_CALIBRATION_IMAGES, calibration_images, list_images, write_json
+from keras_ehrnet.deploy.common import DEFAULT_CALIBRATION_IMAGES, calibration_images, list_images, write_json
+from keras_ehrnet.deploy.runtimes import INPUT_NAME, RuntimeUnavailableError
 from keras_ehrnet.fileio import atomic_write_bytes
-from keras_ehrnet.runtimes import INPUT_NAME, RuntimeUnavailableError
 
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_WORKSPACE_BYTES = 1 << 30
@@ -289,7 +289,7 @@ def export_tensorrt(
     Without TensorRT the ONNX file is still written and the error says which
     trtexec command to run where TensorRT is.
     """
-    from keras_ehrnet.export.onnx import export_onnx
+    from keras_ehrnet.deploy.onnx import export_onnx
 
     if precision not in TRT_PRECISIONS:
         raise ValueError(f"TensorRT precision must be one of {TRT_PRECISIONS}, got {precision!r}")
@@ -407,5 +407,5 @@ class EngineSession:
 
 
 def load_engine_session(path: str | Path) -> EngineSession:
-    """Deserialize an engine for `keras_ehrnet.runtimes.TensorRTRunner`."""
+    """Deserialize an engine for `keras_ehrnet.deploy.runtimes.TensorRTRunner`."""
     return EngineSession(path)

@@ -1,6 +1,6 @@
 """The pose decoder as TensorFlow ops, so an exported SavedModel can return people directly.
 
-The steps, thresholds and defaults of `keras_ehrnet.decoding` (HigherHRNet's
+The steps, thresholds and defaults of `keras_ehrnet.inference.decoding` (HigherHRNet's
 grouping; one scale, no flip), with the same `DecodeConfig`:
 
 1. aggregate: the quarter-resolution output is resized (bilinear, half-pixel
@@ -17,7 +17,7 @@ grouping; one scale, no flip), with the same `DecodeConfig`:
    here it is greedy (cheapest allowed pair first), which needs no host code;
 5. adjust: each keypoint moves a quarter pixel towards its higher neighbour, +0.5;
 6. person score = mean keypoint score (before refinement);
-7. refine ("exclusive" or "reference" mode, as `keras_ehrnet.decoding`): each
+7. refine ("exclusive" or "reference" mode, as `keras_ehrnet.inference.decoding`): each
    missing joint is filled at the maximum of heatmap − round(tag distance to the
    person's mean tag).
 
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from keras_ehrnet.decoding import DecodeConfig
+from keras_ehrnet.inference.decoding import DecodeConfig
 
 # People tracked while grouping, as a multiple of max_people (the Python decoder keeps every
 # new person; single-joint false starts must not crowd real people out of a fixed-size buffer).

@@ -4,7 +4,7 @@
     summary["AP"], summary["decode_ms_median"]
 
 Works for a keras.Model, any runtime artefact (through `Predictor`), a ready
-`Predictor`, or `keras_ehrnet.oracle.Oracle()` (ideal outputs from the ground
+`Predictor`, or `keras_ehrnet.inference.oracle.Oracle()` (ideal outputs from the ground
 truth: the ceiling of the decoding). Person scores and result fields follow
 HigherHRNet's COCO evaluation (score = mean joint detection value, no rescoring,
 no OKS-NMS).
@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from keras_ehrnet.decoding import DecodeConfig, DecodeResult, decode_outputs
 from keras_ehrnet.fileio import atomic_write_json
+from keras_ehrnet.inference.decoding import DecodeConfig, DecodeResult, decode_outputs
 
-log = logging.getLogger("keras_ehrnet.evaluate")
+log = logging.getLogger("keras_ehrnet.metrics.coco")
 
 # pycocotools' keypoint stats, in COCOeval.stats order.
 COCO_STAT_NAMES: tuple[str, ...] = ("AP", "AP50", "AP75", "APM", "APL", "AR", "AR50", "AR75", "ARM", "ARL")
@@ -93,7 +93,7 @@ def coco_summary(
 
     `verbose` prints pycocotools' table. `oks_sigmas`: per-joint OKS constants; by default
     those of the known dataset whose keypoint list `keypoint_names` is (COCO and OCHuman,
-    CrowdPose, AI Challenger: `keras_ehrnet.data.dataset_info`), COCO's for 17 joints, and
+    CrowdPose, AI Challenger: `keras_ehrnet.keypoints`), COCO's for 17 joints, and
     `DEFAULT_OKS_SIGMA` for every joint of other sets (with a warning).
     """
     from pycocotools.cocoeval import COCOeval
@@ -109,7 +109,7 @@ def coco_summary(
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, "keypoints")
         if oks_sigmas is None and keypoint_names is not None:
-            from keras_ehrnet.data.dataset_info import find_dataset_info
+            from keras_ehrnet.keypoints import find_dataset_info
 
             info = find_dataset_info(keypoint_names)
             oks_sigmas = info.sigmas if info is not None else None
@@ -242,9 +242,9 @@ def evaluate_coco(
     refine=False).
     """
     from keras_ehrnet.data.validate import check_images
-    from keras_ehrnet.oracle import Oracle, oracle_scale_outputs, person_keypoints
-    from keras_ehrnet.predictor import ImageReadError, Predictor, read_image
-    from keras_ehrnet.transforms import make_test_plan
+    from keras_ehrnet.inference.oracle import Oracle, oracle_scale_outputs, person_keypoints
+    from keras_ehrnet.inference.predictor import ImageReadError, Predictor, read_image
+    from keras_ehrnet.inference.transforms import make_test_plan
 
     checked = check_annotation_file(ann_file)
     coco = checked.coco()

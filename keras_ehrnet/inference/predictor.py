@@ -3,8 +3,8 @@
     predictor = Predictor("model.keras")        # or a keras.Model, SavedModel dir, .tflite, .onnx
     people = predictor.predict(image_rgb_uint8)  # [Person(keypoints [J, 3], score, box), …]
 
-The same pre-processing (`keras_ehrnet.transforms`) and decoding
-(`keras_ehrnet.decoding`) run whatever executes the network, so an exported
+The same pre-processing (`keras_ehrnet.inference.transforms`) and decoding
+(`keras_ehrnet.inference.decoding`) run whatever executes the network, so an exported
 artefact is measured exactly like the original model. Also here: reading
 images with clear errors, and the image/folder/video loop behind
 `python -m evaluation.predict`.
@@ -26,7 +26,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from keras_ehrnet.decoding import (
+from keras_ehrnet.fileio import OutputPathError, atomic_path, atomic_write_json, one_line
+from keras_ehrnet.inference.decoding import (
     COCO_KEYPOINT_NAMES,
     DecodeConfig,
     DecodeResult,
@@ -34,10 +35,9 @@ from keras_ehrnet.decoding import (
     ScaleOutputs,
     decode_outputs,
 )
-from keras_ehrnet.fileio import OutputPathError, atomic_path, atomic_write_json, one_line
-from keras_ehrnet.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, make_test_plan, warp_image
+from keras_ehrnet.inference.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, make_test_plan, warp_image
 
-log = logging.getLogger("keras_ehrnet.predictor")
+log = logging.getLogger("keras_ehrnet.inference.predictor")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".ppm", ".pgm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -49,7 +49,7 @@ class ImageReadError(ValueError):
 
 
 class _KerasModelRunner:
-    """Fallback adapter for an in-memory keras.Model when keras_ehrnet.runtimes is unavailable."""
+    """Fallback adapter for an in-memory keras.Model when keras_ehrnet.deploy.runtimes is unavailable."""
 
     name = "keras"
 
@@ -70,7 +70,7 @@ class _KerasModelRunner:
 def keras_runner(model: Any):
     """A Runner (callable images → (quarter, half)) for an in-memory keras.Model."""
     try:
-        from keras_ehrnet.runtimes import load_runner
+        from keras_ehrnet.deploy.runtimes import load_runner
     except ImportError:
         return _KerasModelRunner(model)
     return load_runner(model)
@@ -83,10 +83,12 @@ def as_runner(model_or_path: Any):
         if not path.exists():
             raise FileNotFoundError(f"model not found: {path}")
         try:
-            from keras_ehrnet.runtimes import load_runner
+            from keras_ehrnet.deploy.runtimes import load_runner
         except ImportError:  # pragma: no cover - runtimes ships with the package
             if path.suffix.lower() != ".keras":
-                raise ValueError(f"cannot load {path}: keras_ehrnet.runtimes is not available") from None
+                raise ValueError(
+                    f"cannot load {path}: keras_ehrnet.deploy.runtimes is not available"
+                ) from None
             import keras
 
             import keras_ehrnet  # noqa: F401  (registers the model class)
@@ -193,7 +195,7 @@ def read_image(path: str | os.PathLike, *, ignore_orientation: bool = False) -> 
 class Predictor:
     """Multi-person pose from images with any runtime; the same pre-processing and decoding for all.
 
-    `model_or_path`: a keras.Model, a `keras_ehrnet.runtimes` Runner, or a path to a
+    `model_or_path`: a keras.Model, a `keras_ehrnet.deploy.runtimes` Runner, or a path to a
     `.keras` file, SavedModel directory, `.tflite` or `.onnx` file.
     `input_size`: the short side R of the network input (default: the model's native
     size, or the size an artefact was exported at), or a fixed (height, width) that every
@@ -476,7 +478,7 @@ def predict_files(
     per-input people counts, frames, seconds and frames per second (prediction only: file
     I/O, drawing and the one-time warm-up per input size, in "warmup_seconds", are left out).
     """
-    from keras_ehrnet.viz import draw_people
+    from keras_ehrnet.inference.drawing import draw_people
 
     draw_fn = draw_fn or draw_people
     items, skipped = collect_inputs(inputs)
@@ -536,7 +538,7 @@ def predict_video(
     draw_fn: Callable | None = None,
 ) -> dict:
     """Predict every frame of a video; write `<stem>.json` (people per frame) and `<stem>.mp4` (drawn)."""
-    from keras_ehrnet.viz import draw_people
+    from keras_ehrnet.inference.drawing import draw_people
 
     draw_fn = draw_fn or draw_people
     path = Path(path)

@@ -16,7 +16,7 @@ from keras_ehrnet.fileio import atomic_write_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 DEFAULT_CALIBRATION_IMAGES = 100
-log = logging.getLogger("keras_ehrnet.export")
+log = logging.getLogger("keras_ehrnet.deploy")
 _SKIPPED: contextvars.ContextVar[list[dict] | None] = contextvars.ContextVar(
     "calibration_skipped", default=None
 )
@@ -78,7 +78,7 @@ def native_size(model: Any, size: tuple[int, int] | None) -> tuple[int, int]:
 
 
 def letterbox_affine(image_size: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
-    """2×3 affine, image pixels → a (H, W) canvas: fit inside and centre (as keras_ehrnet.transforms).
+    """2×3 affine, image pixels → a (H, W) canvas: fit inside and centre (as keras_ehrnet.inference.transforms).
 
     Scale k = min(W/w, H/h) about the reference's integer image centre
     (int(w/2 + 0.5), int(h/2 + 0.5)), which lands on the canvas centre.

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_ehrnet.weights_map import WeightPair, batchnorm_counter_keys, weight_pairs
+from keras_ehrnet.weights.weights_map import WeightPair, batchnorm_counter_keys, weight_pairs
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {
@@ -343,7 +343,7 @@ def guess_level(state: dict[str, np.ndarray]) -> tuple[str, str]:
     kind is "pose" for an EfficientHRNet state_dict and "classifier" for a
     compact-EfficientNet ImageNet one. Raises ValueError if nothing fits.
     """
-    from keras_ehrnet.scaling import PRESET_NAMES, get_config
+    from keras_ehrnet.models.scaling import PRESET_NAMES, get_config
 
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("features.")}
     if not blocks or "features.0.1.weight" not in state:

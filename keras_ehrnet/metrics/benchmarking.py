@@ -269,8 +269,8 @@ def prepare_runtime(
 
     Artefacts are exported into `workdir` (reused when already there). Keras runs as a
     compiled tf.function, without or with XLA, or with BatchNorm folded into the convs
-    ("keras-folded", `keras_ehrnet.folding`); every other runtime goes through
-    `keras_ehrnet.runtimes.load_runner`, exactly what evaluation uses.
+    ("keras-folded", `keras_ehrnet.models.folding`); every other runtime goes through
+    `keras_ehrnet.deploy.runtimes.load_runner`, exactly what evaluation uses.
     """
     from pathlib import Path
 
@@ -279,11 +279,11 @@ def prepare_runtime(
     if runtime in ("keras", "keras-xla"):
         return keras_infer_fn(model, input_size, batch=batch, xla=runtime == "keras-xla")
     if runtime == "keras-folded":
-        from keras_ehrnet.folding import fold_batchnorm
+        from keras_ehrnet.models.folding import fold_batchnorm
 
         return keras_infer_fn(fold_batchnorm(model), input_size, batch=batch)
-    from keras_ehrnet import export as ex
-    from keras_ehrnet.runtimes import RuntimeUnavailableError, load_runner
+    from keras_ehrnet.deploy import exporter as ex
+    from keras_ehrnet.deploy.runtimes import RuntimeUnavailableError, load_runner
 
     fmt, precision = RUNTIMES[runtime]
     h, w = input_size
@@ -358,7 +358,7 @@ def timing_weights(model, input_size: tuple[int, int], seed: int = 0):
     import cv2
 
     from keras_ehrnet.data import sample_dataset
-    from keras_ehrnet.export.parity import realistic_weights
+    from keras_ehrnet.deploy.parity import realistic_weights
 
     _, image_dir = sample_dataset()
     files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:2]

@@ -18,9 +18,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_ehrnet.export.common import model_metadata
+from keras_ehrnet.deploy.common import model_metadata
+from keras_ehrnet.deploy.runtimes import INPUT_NAME, OUTPUT_NAMES
 from keras_ehrnet.fileio import atomic_path
-from keras_ehrnet.runtimes import INPUT_NAME, OUTPUT_NAMES
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17

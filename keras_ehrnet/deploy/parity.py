@@ -124,9 +124,9 @@ def verify_artefact(
 
     Images are letterboxed to the artefact's fixed size (else the model's native one).
     """
-    from keras_ehrnet.export import _load_model
-    from keras_ehrnet.export.common import calibration_images
-    from keras_ehrnet.runtimes import KerasRunner, Runner, load_runner
+    from keras_ehrnet.deploy.common import calibration_images
+    from keras_ehrnet.deploy.exporter import _load_model
+    from keras_ehrnet.deploy.runtimes import KerasRunner, Runner, load_runner
 
     keras_runner = model if isinstance(model, KerasRunner) else KerasRunner(_load_model(model))
     runner = artefact if isinstance(artefact, Runner) else load_runner(artefact, num_threads=num_threads)

@@ -25,9 +25,10 @@ from keras_ehrnet.deploy import (
 )
 from keras_ehrnet.deploy.parity import parity_report, realistic_weights, verify_artefact
 from keras_ehrnet.deploy.runtimes import KerasRunner, load_runner
-from keras_ehrnet.deploy.tensorrt import CalibrationBatcher, trtexec_command
+from keras_ehrnet.deploy.tensorrt import trtexec_command
 from keras_ehrnet.deploy.tflite import representative_dataset, tflite_from_savedmodel
 from keras_ehrnet.deploy.tftrt import export_tftrt, tftrt_reason, tftrt_unavailable_reason
+from keras_ehrnet.deploy.trt_engine import CalibrationBatcher
 from keras_ehrnet.inference.tf_decoder import TFDecoder
 
 SIZE = 128

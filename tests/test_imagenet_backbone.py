@@ -19,7 +19,7 @@ from torch_pth import write_pth
 
 import keras_ehrnet as ke
 from keras_ehrnet.models import backbone as backbone_module
-from keras_ehrnet.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from keras_ehrnet.models.scaling import IMAGENET_MEAN, IMAGENET_STD
 from keras_ehrnet.weights import pretrained
 from keras_ehrnet.weights.pretrained import KERAS_B0_FILE, KERAS_B0_URL, BackboneWeightsError
 from keras_ehrnet.weights.weights_map import weight_pairs

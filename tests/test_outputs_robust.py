@@ -15,7 +15,8 @@ from test_training import tiny_model, tiny_trainer
 
 from keras_ehrnet.deploy import calibration_images, collect_skipped
 from keras_ehrnet.fileio import OutputPathError, atomic_path, atomic_write_json, check_writable
-from keras_ehrnet.inference.predictor import Predictor, predict_files, to_rgb_uint8
+from keras_ehrnet.inference.images import to_rgb_uint8
+from keras_ehrnet.inference.predictor import Predictor, predict_files
 from keras_ehrnet.train import TrainingFailedError
 
 

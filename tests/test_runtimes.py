@@ -8,10 +8,10 @@ parity is in test_export.py.
 import numpy as np
 import pytest
 
+from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
 from keras_ehrnet.deploy.runtimes import (
     KerasRunner,
     OnnxRunner,
-    RuntimeUnavailableError,
     SavedModelRunner,
     TFLiteRunner,
     default_num_threads,

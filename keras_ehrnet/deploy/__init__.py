@@ -18,6 +18,7 @@ int8 means full-integer with calibration on real images (`calibration_images`);
 int8-dynamic (TFLite only) quantises the weights and needs no images.
 """
 
+from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
 from keras_ehrnet.deploy.common import (
     DEFAULT_CALIBRATION_IMAGES,
     calibration_images,
@@ -36,7 +37,7 @@ from keras_ehrnet.deploy.exporter import (
     default_output_path,
     export,
 )
-from keras_ehrnet.deploy.runtimes import RuntimeUnavailableError, load_runner
+from keras_ehrnet.deploy.runtimes import load_runner
 
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",

@@ -10,8 +10,9 @@ from keras_ehrnet.deploy.common import (
     list_images,
     resolve_size,
 )
-from keras_ehrnet.fileio import check_keras_archive, check_writable
+from keras_ehrnet.fileio import check_writable
 from keras_ehrnet.inference.decoding import DecodeConfig
+from keras_ehrnet.models.model import load_keras_model
 
 FORMATS = ("savedmodel", "tflite", "onnx", "tftrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
@@ -75,13 +76,7 @@ def _load_model(model: Any) -> Any:
         raise FileNotFoundError(f"Keras model not found: {path}")
     if path.suffix != ".keras":
         raise ValueError(f"expected a .keras model file (saved with model.save), got {path}")
-    import keras_ehrnet  # noqa: F401  (registers EfficientHRNet)
-
-    check_keras_archive(path)  # says what is wrong where Keras would say "File not found"
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as err:
-        raise ValueError(f"could not load Keras model {path}: {err}") from err
+    return load_keras_model(path)
 
 
 def export(

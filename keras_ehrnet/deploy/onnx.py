@@ -18,9 +18,10 @@ from typing import Any
 
 import tensorflow as tf
 
+from keras_ehrnet.deploy.artefact import INPUT_NAME
 from keras_ehrnet.deploy.common import model_metadata
-from keras_ehrnet.deploy.runtimes import INPUT_NAME, OUTPUT_NAMES
 from keras_ehrnet.fileio import atomic_path
+from keras_ehrnet.models.scaling import OUTPUT_NAMES
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 17

@@ -20,21 +20,18 @@ from typing import Any
 
 import numpy as np
 
-# Names used by every artefact this project exports.
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("quarter", "half")
-# Metadata file kept beside a SavedModel's graph (the TF Serving place for extra files).
-SAVEDMODEL_METADATA = Path("assets.extra") / "keras_ehrnet.json"
-TFLITE_MAGIC = b"TFL3"
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+from keras_ehrnet.deploy.artefact import (
+    ENGINE_SUFFIXES,
+    SAVEDMODEL_METADATA,
+    TFLITE_MAGIC,
+)
+from keras_ehrnet.deploy.trt_engine import load_engine_session
+from keras_ehrnet.models.scaling import OUTPUT_NAMES
+
 EXPECTED_KINDS = (
     "a Keras model (.keras file or keras.Model), a SavedModel directory, a .tflite file, "
     "an .onnx file or a TensorRT .engine/.plan file"
 )
-
-
-class RuntimeUnavailableError(RuntimeError):
-    """A runtime or converter this artefact needs is not installed or not built in (e.g. TensorRT)."""
 
 
 def default_num_threads() -> int:
@@ -359,8 +356,6 @@ class TensorRTRunner(Runner):
     """A serialised TensorRT engine (.engine/.plan) built from our ONNX file; needs tensorrt and cuda-python."""
 
     def __init__(self, path: Path, *, num_threads: int | None = None):
-        from keras_ehrnet.deploy.tensorrt import load_engine_session
-
         self.path = Path(path)
         self._session = load_engine_session(self.path)
         self.name = f"tensorrt-{self._session.precision}" if self._session.precision else "tensorrt"
@@ -403,18 +398,9 @@ def load_runner(path_or_model: Any, *, num_threads: int | None = None) -> Runner
             )
         return SavedModelRunner(path, num_threads=num_threads)
     if suffix == ".keras":
-        from keras_ehrnet.fileio import check_keras_archive
+        from keras_ehrnet.models.model import load_keras_model  # Keras and TF only for a .keras file
 
-        check_keras_archive(path)  # says what is wrong where Keras would say "File not found"
-        import keras
-
-        import keras_ehrnet  # noqa: F401  (registers EfficientHRNet for deserialisation)
-
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as err:
-            raise ValueError(f"could not load Keras model {path}: {err}") from err
-        return KerasRunner(model, num_threads=num_threads, path=path)
+        return KerasRunner(load_keras_model(path), num_threads=num_threads, path=path)
     if suffix == ".tflite":
         with open(path, "rb") as f:
             head = f.read(8)

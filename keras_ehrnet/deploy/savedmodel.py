@@ -21,8 +21,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from keras_ehrnet.deploy.artefact import INPUT_NAME, SAVEDMODEL_METADATA
 from keras_ehrnet.deploy.common import decode_image_tf, letterbox_tf, model_metadata, native_size, write_json
-from keras_ehrnet.deploy.runtimes import INPUT_NAME, SAVEDMODEL_METADATA
 from keras_ehrnet.fileio import atomic_path
 from keras_ehrnet.inference.decoding import DecodeConfig
 from keras_ehrnet.inference.tf_decoder import check_config, decode_people

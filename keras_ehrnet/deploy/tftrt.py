@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_ehrnet.deploy.artefact import SAVEDMODEL_METADATA, RuntimeUnavailableError
 from keras_ehrnet.deploy.common import (
     DEFAULT_CALIBRATION_IMAGES,
     calibration_images,
     model_metadata,
     write_json,
 )
-from keras_ehrnet.deploy.runtimes import SAVEDMODEL_METADATA, RuntimeUnavailableError
 from keras_ehrnet.deploy.savedmodel import export_savedmodel
 
 TFTRT_PRECISIONS = ("fp32", "fp16", "int8")

@@ -8,6 +8,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from keras_ehrnet.inference.images import read_image, to_rgb_uint8
+
 # COCO's skeleton (0-based joint indices), as in the person category of the annotations.
 COCO_SKELETON: tuple[tuple[int, int], ...] = (
     (15, 13),
@@ -71,8 +73,6 @@ def draw_people(
     `skeleton`: limbs as 0-based joint pairs (default COCO's for 17 joints, none otherwise).
     Joints scoring at most `keypoint_threshold` and people below `min_score` are not drawn.
     """
-    from keras_ehrnet.inference.predictor import to_rgb_uint8
-
     canvas = to_rgb_uint8(image).copy()
     h, w = canvas.shape[:2]
     t = thickness or max(1, int(round(max(h, w) / 400)))
@@ -147,7 +147,6 @@ def write_comparison(
 
     from keras_ehrnet.data.coco import parse_skeleton
     from keras_ehrnet.data.validate import keypoint_categories, load_annotation_json
-    from keras_ehrnet.inference.predictor import read_image
 
     data = load_annotation_json(ann_file)  # read once: people and skeleton come from the same dict
     category = keypoint_categories(data, ann_file)[0]

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from keras_ehrnet.deploy.runtimes import Runner, load_runner
 from keras_ehrnet.fileio import OutputPathError, atomic_path, atomic_write_json, one_line
 from keras_ehrnet.inference.decoding import (
     COCO_KEYPOINT_NAMES,
@@ -35,72 +36,34 @@ from keras_ehrnet.inference.decoding import (
     ScaleOutputs,
     decode_outputs,
 )
+from keras_ehrnet.inference.drawing import draw_people
+from keras_ehrnet.inference.images import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    ImageReadError,
+    read_image,
+    to_rgb_uint8,
+)
 from keras_ehrnet.inference.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, make_test_plan, warp_image
 
 log = logging.getLogger("keras_ehrnet.inference.predictor")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".jp2", ".ppm", ".pgm")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 DEFAULT_INPUT_SIZE = 512
 
 
-class ImageReadError(ValueError):
-    """An image file that is missing or cannot be decoded."""
-
-
-class _KerasModelRunner:
-    """Fallback adapter for an in-memory keras.Model when keras_ehrnet.deploy.runtimes is unavailable."""
-
-    name = "keras"
-
-    def __init__(self, model: Any):
-        import tensorflow as tf
-
-        self.model = model
-        size = getattr(model, "input_size", None)
-        self.fixed_input_size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
-        self.num_joints = getattr(model, "num_joints", None) or int(model.outputs[1].shape[-1])
-        self._fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        quarter, half = self._fn(np.asarray(images, np.float32))
-        return quarter.numpy(), half.numpy()
-
-
-def keras_runner(model: Any):
-    """A Runner (callable images → (quarter, half)) for an in-memory keras.Model."""
-    try:
-        from keras_ehrnet.deploy.runtimes import load_runner
-    except ImportError:
-        return _KerasModelRunner(model)
-    return load_runner(model)
-
-
-def as_runner(model_or_path: Any):
-    """A Runner for a keras.Model, a model path (.keras, SavedModel, .tflite, .onnx) or a Runner."""
+def as_runner(model_or_path: Any) -> Runner:
+    """A Runner for a keras.Model, a model path (.keras, SavedModel, .tflite, .onnx, engine) or a Runner."""
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
         if not path.exists():
             raise FileNotFoundError(f"model not found: {path}")
-        try:
-            from keras_ehrnet.deploy.runtimes import load_runner
-        except ImportError:  # pragma: no cover - runtimes ships with the package
-            if path.suffix.lower() != ".keras":
-                raise ValueError(
-                    f"cannot load {path}: keras_ehrnet.deploy.runtimes is not available"
-                ) from None
-            import keras
-
-            import keras_ehrnet  # noqa: F401  (registers the model class)
-
-            return _KerasModelRunner(keras.saving.load_model(path, compile=False))
         return load_runner(path)
     if callable(model_or_path) and hasattr(model_or_path, "fixed_input_size"):
         return model_or_path  # already a Runner
     import keras
 
     if isinstance(model_or_path, keras.Model):
-        return keras_runner(model_or_path)
+        return load_runner(model_or_path)
     raise TypeError(
         "expected a keras.Model, a Runner or a path to a .keras file, SavedModel directory, .tflite or "
         f".onnx file; got {type(model_or_path).__name__}"
@@ -120,76 +83,6 @@ def _native_input_size(runner: Any) -> int | None:
             except (TypeError, ValueError):
                 pass
     return None
-
-
-def to_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
-    """Any image array → RGB uint8 [H, W, 3]: grayscale repeated, alpha dropped.
-
-    Value rule: uint8 as it is; uint16 divided by 257 (0..65535 → 0..255); other integers
-    must lie in 0..255; floats whose maximum is at most 1 are taken as 0..1 and multiplied by
-    255 (so a float image from most image libraries is not turned black), other floats must
-    lie in 0..255 and are rounded. Anything else (NaN or infinite values, values outside
-    those ranges, bool or non-numeric arrays, a batch, channels first) is refused with a
-    ValueError that names the shape, dtype or value range.
-    """
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        hint = ""
-        if image.ndim == 4:
-            hint = " (a batch? pass one image at a time)"
-        elif image.ndim == 3 and image.shape[0] in (1, 3, 4) and image.shape[-1] > 4:
-            hint = " (channels first? use image.transpose(1, 2, 0))"
-        raise ValueError(
-            f"{name} must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4]; got shape {image.shape}{hint}"
-        )
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {image.shape}")
-    if image.dtype != np.uint8:
-        if image.dtype == bool or not (
-            np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
-        ):
-            raise ValueError(
-                f"{name} must hold numbers in 0..255 (or floats in 0..1); got dtype {image.dtype}"
-            )
-        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
-            raise ValueError(f"{name} holds NaN or infinite values (dtype {image.dtype})")
-        low, high = image.min(), image.max()
-        if image.dtype == np.uint16:
-            image = image / 257.0
-        elif np.issubdtype(image.dtype, np.floating) and low >= 0 and high <= 1:
-            image = image * 255.0  # floats in 0..1
-        elif low < 0 or high > 255:
-            raise ValueError(
-                f"{name} values must lie in 0..255 (or 0..1 for floats); got {low:.6g}..{high:.6g} "
-                f"(dtype {image.dtype})"
-            )
-        image = np.rint(image).astype(np.uint8)
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    elif image.shape[-1] == 4:
-        image = image[..., :3]
-    return np.ascontiguousarray(image)
-
-
-def read_image(path: str | os.PathLike, *, ignore_orientation: bool = False) -> np.ndarray:
-    """Read an image file as RGB uint8 [H, W, 3] (grayscale and RGBA converted).
-
-    `ignore_orientation`: keep the stored pixel layout (COCO annotates it) instead of
-    applying the EXIF rotation. Raises ImageReadError naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"image not found: {path}")
-    data = np.fromfile(path, dtype=np.uint8)
-    if data.size == 0:
-        raise ImageReadError(f"image file is empty (0 bytes): {path}")
-    flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if ignore_orientation else 0)
-    image = cv2.imdecode(data, flags)
-    if image is None or image.size == 0:
-        raise ImageReadError(f"cannot decode image {path}: not a readable image file")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class Predictor:
@@ -478,8 +371,6 @@ def predict_files(
     per-input people counts, frames, seconds and frames per second (prediction only: file
     I/O, drawing and the one-time warm-up per input size, in "warmup_seconds", are left out).
     """
-    from keras_ehrnet.inference.drawing import draw_people
-
     draw_fn = draw_fn or draw_people
     items, skipped = collect_inputs(inputs)
     out = Path(out_dir) if out_dir is not None else None
@@ -538,8 +429,6 @@ def predict_video(
     draw_fn: Callable | None = None,
 ) -> dict:
     """Predict every frame of a video; write `<stem>.json` (people per frame) and `<stem>.mp4` (drawn)."""
-    from keras_ehrnet.inference.drawing import draw_people
-
     draw_fn = draw_fn or draw_people
     path = Path(path)
     cap = cv2.VideoCapture(str(path))

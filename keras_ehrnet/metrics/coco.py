@@ -242,8 +242,9 @@ def evaluate_coco(
     refine=False).
     """
     from keras_ehrnet.data.validate import check_images
+    from keras_ehrnet.inference.images import ImageReadError, read_image
     from keras_ehrnet.inference.oracle import Oracle, oracle_scale_outputs, person_keypoints
-    from keras_ehrnet.inference.predictor import ImageReadError, Predictor, read_image
+    from keras_ehrnet.inference.predictor import Predictor
     from keras_ehrnet.inference.transforms import make_test_plan
 
     checked = check_annotation_file(ann_file)

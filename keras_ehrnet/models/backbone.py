@@ -8,10 +8,15 @@ import keras
 from keras import layers
 
 from keras_ehrnet.models import blocks
-from keras_ehrnet.models.scaling import ENDPOINT_STAGES, EHRNetConfig, LevelLike, get_config
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from keras_ehrnet.models.scaling import (
+    ENDPOINT_STAGES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EHRNetConfig,
+    LevelLike,
+    get_config,
+)
+from keras_ehrnet.weights.pretrained import load_backbone_weights, resolve_backbone_weights
 
 
 def pixel_normalization(name: str = "normalize") -> layers.Layer:
@@ -77,8 +82,6 @@ def build_backbone(
     """
     config = get_config(level_or_phi)
     if weights is not None:
-        from keras_ehrnet.weights.pretrained import load_backbone_weights, resolve_backbone_weights
-
         weights = resolve_backbone_weights(config, weights)  # fail fast, before building
     inputs = keras.Input(_input_shape(input_size, multiple=32), name="image")
     x = pixel_normalization()(inputs)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import keras
 from keras import layers
 
+from keras_ehrnet.fileio import check_keras_archive
 from keras_ehrnet.models import blocks
 from keras_ehrnet.models.backbone import _input_shape, efficientnet_features, pixel_normalization
-from keras_ehrnet.models.scaling import DROP_CONNECT_RATE, EHRNetConfig, LevelLike, get_config
-
-OUTPUT_NAMES = ("quarter", "half")
+from keras_ehrnet.models.scaling import DROP_CONNECT_RATE, OUTPUT_NAMES, EHRNetConfig, LevelLike, get_config
+from keras_ehrnet.weights.pretrained import load_backbone_weights, resolve_backbone_weights
 
 
 def _build_graph(config: EHRNetConfig, input_size):
@@ -58,8 +59,8 @@ def _build_graph(config: EHRNetConfig, input_size):
         x = blocks.basic_block(x, config.deconv_width, f"deconv_block{k}")
     half = layers.Conv2D(j, 1, kernel_initializer=blocks.small_normal(), name="final_half")(x)
     # Float32 outputs whatever the compute dtype (mixed precision).
-    quarter = layers.Activation("linear", dtype="float32", name="quarter")(quarter)
-    half = layers.Activation("linear", dtype="float32", name="half")(half)
+    quarter = layers.Activation("linear", dtype="float32", name=OUTPUT_NAMES[0])(quarter)
+    half = layers.Activation("linear", dtype="float32", name=OUTPUT_NAMES[1])(half)
     return inputs, [quarter, half]
 
 
@@ -151,8 +152,6 @@ def build_model(
     backbone the released `hr_init` is the authors' recipe.
     """
     if backbone_weights is not None:
-        from keras_ehrnet.weights.pretrained import load_backbone_weights, resolve_backbone_weights
-
         backbone_weights = resolve_backbone_weights(get_config(level), backbone_weights)
     model = EfficientHRNet(
         level,
@@ -165,3 +164,17 @@ def build_model(
     if backbone_weights is not None:
         print(load_backbone_weights(model, backbone_weights, model.config).summary())
     return model
+
+
+def load_keras_model(path: str | os.PathLike) -> keras.Model:
+    """A `.keras` file → its model, uncompiled; the package's layers are registered by this module.
+
+    A file that is not a Keras model archive gets `check_keras_archive`'s one-line ValueError
+    (where Keras would say "File not found"); one Keras cannot load, a ValueError naming it.
+    """
+    path = Path(path)
+    check_keras_archive(path)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as err:
+        raise ValueError(f"could not load Keras model {path}: {err}") from err

@@ -40,6 +40,9 @@ EFFICIENTNET_B0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 # strides 4, 8, 16 and 32.
 ENDPOINT_STAGES: tuple[int, ...] = (1, 2, 4, 6)
 STEM_CHANNELS = 32
+# ImageNet pixel statistics (RGB in 0..1) that the backbone's input normalisation divides out.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_CHANNELS = 1280  # classifier head of the backbone (ImageNet pretraining)
 HR_BASE_WIDTHS: tuple[int, ...] = (32, 64, 128, 256)
 HR_WIDTH_FACTOR = 1.2455  # released code; the paper rounds it to 1.25
@@ -50,6 +53,9 @@ DECONV_BLOCKS = 2
 SE_RATIO = 0.25  # squeeze width = int(block input channels * 0.25)
 DROP_CONNECT_RATE = 0.2  # constant over all blocks, as in the released code
 MIN_PHI, MAX_PHI = -8.0, 2.0
+# The network's two outputs, in order (heatmaps+tags at 1/4, heatmaps at 1/2 resolution): the
+# model's output layers and every exported artefact carry these names.
+OUTPUT_NAMES: tuple[str, str] = ("quarter", "half")
 
 # Paper Table 1 / Table 3 / Table 4 facts, for reports (FLOPs are really MACs).
 PAPER_FACTS: dict[str, dict[str, float]] = {

@@ -30,8 +30,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from keras_ehrnet.models.backbone import IMAGENET_MEAN, IMAGENET_STD
-from keras_ehrnet.models.scaling import EHRNetConfig
+from keras_ehrnet.models.scaling import IMAGENET_MEAN, IMAGENET_STD, EHRNetConfig
+from keras_ehrnet.weights.torch_import import load_torch_weights
+from keras_ehrnet.weights.weights_map import weight_pairs
 
 KERAS_B0_FILE = "efficientnetb0_notop.h5"
 KERAS_B0_URL = "https://storage.googleapis.com/keras-applications/" + KERAS_B0_FILE
@@ -157,8 +158,6 @@ def _fetch_keras_b0() -> Path:
 
 
 def _load_torch(model: keras.Model, path: Path) -> BackboneReport:
-    from keras_ehrnet.weights.torch_import import load_torch_weights
-    from keras_ehrnet.weights.weights_map import weight_pairs
 
     try:
         report = load_torch_weights(model, path, backbone_only=True)

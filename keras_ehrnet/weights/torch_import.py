@@ -22,6 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from keras_ehrnet.models.scaling import PRESET_NAMES, get_config
 from keras_ehrnet.weights.weights_map import WeightPair, batchnorm_counter_keys, weight_pairs
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -343,8 +344,6 @@ def guess_level(state: dict[str, np.ndarray]) -> tuple[str, str]:
     kind is "pose" for an EfficientHRNet state_dict and "classifier" for a
     compact-EfficientNet ImageNet one. Raises ValueError if nothing fits.
     """
-    from keras_ehrnet.models.scaling import PRESET_NAMES, get_config
-
     blocks = {int(k.split(".")[1]) for k in state if k.startswith("features.")}
     if not blocks or "features.0.1.weight" not in state:
         raise ValueError("not an EfficientHRNet/EfficientNet checkpoint: no features.0.1.weight")

@@ -28,7 +28,7 @@ def pixel_normalization(name: str = "normalize") -> layers.Layer:
     )
 
 
-def efficientnet_features(x, config: EHRNetConfig) -> list:
+def efficientnet_features(x, config: EHRNetConfig, opts: blocks.BlockOptions) -> list:
     """Stem and MBConv stages. Returns the stride 4/8/16/32 endpoints.
 
     Blocks are numbered like the reference's `features` list (stem = 0); the
@@ -40,6 +40,7 @@ def efficientnet_features(x, config: EHRNetConfig) -> list:
         config.stem_channels,
         3,
         "stem",
+        opts,
         stride=2,
         pad=blocks.torch_style_pad(3, 2),
         activation="swish",
@@ -58,7 +59,9 @@ def efficientnet_features(x, config: EHRNetConfig) -> list:
                 kernel_size=stage.kernel,
                 stride=stage.stride if r == 0 else 1,
                 drop_connect_rate=config.drop_connect_rate,
+                se_ratio=config.se_ratio,
                 name=f"block{index}",
+                opts=opts,
             )
             in_channels = stage.channels
             index += 1
@@ -85,7 +88,7 @@ def build_backbone(
         weights = resolve_backbone_weights(config, weights)  # fail fast, before building
     inputs = keras.Input(_input_shape(input_size, multiple=32), name="image")
     x = pixel_normalization()(inputs)
-    endpoints = efficientnet_features(x, config)
+    endpoints = efficientnet_features(x, config, blocks.BlockOptions.from_config(config))
     model = keras.Model(
         inputs, endpoints, name=f"efficientnet_backbone_{config.backbone_name}".replace("-", "m")
     )
@@ -113,9 +116,10 @@ def build_backbone_classifier(
     shape = _input_shape(input_size, multiple=1)
     inputs = keras.Input(shape, name="image")
     x = pixel_normalization()(inputs)
-    x = efficientnet_features(x, config)[-1]
+    opts = blocks.BlockOptions.from_config(config)
+    x = efficientnet_features(x, config, opts)[-1]
     x = blocks.conv_bn(
-        x, config.head_channels, 1, "head", activation="swish", kernel_initializer=blocks.he_fan_out()
+        x, config.head_channels, 1, "head", opts, activation="swish", kernel_initializer=blocks.he_fan_out()
     )
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     x = layers.Dropout(dropout_rate, name="head_dropout")(x)

@@ -4,24 +4,22 @@ Each builder takes a symbolic tensor and a name prefix and returns the output
 tensor. Layer names are stable: the weight importer (`weights_map`) relies on
 them to pair every Keras weight with a tensor of the released PyTorch model.
 
-Numerics follow the released code: BatchNorm ε = 1e-5 and PyTorch momentum 0.1
-(Keras 0.9); stride-2 convolutions pad explicitly, exactly as PyTorch does
+Sizes come from the config (`EHRNetConfig`) and everything else a builder needs, BatchNorm
+settings included, from a `BlockOptions` passed to it. Numerics follow the released code
+(the config's BatchNorm ε = 1e-5 and PyTorch momentum 0.1, Keras 0.9); stride-2 convolutions pad explicitly, exactly as PyTorch does
 (Keras "same" would pad bottom/right only); nearest-neighbour upsampling;
 the 4×4 stride-2 transposed convolution with PyTorch padding 1 is Keras "same".
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import dataclasses
 
 import keras
 from keras import layers
 
 from keras_ehrnet.models.layers import NearestUpsampling2D
-
-BN_EPSILON = 1e-5
-BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
+from keras_ehrnet.models.scaling import EHRNetConfig
 
 
 def he_fan_out() -> keras.initializers.Initializer:
@@ -41,57 +39,50 @@ def small_normal() -> keras.initializers.Initializer:
 
 
 HR_INITS = ("released", "he")
-_HR_INIT = contextvars.ContextVar("hr_init", default="released")
 
 
-@contextlib.contextmanager
-def hr_init(mode: str = "released"):
-    """Initialisation of the convolutions followed by BatchNorm in the HR part and deconv.
+@dataclasses.dataclass(frozen=True)
+class BlockOptions:
+    """What every builder needs besides sizes, passed to it explicitly.
 
-    "released": N(0, 0.001), as the released code (which trains from an ImageNet backbone).
-    "he": He fan-out, as the backbone. With BatchNorm after the conv the output ignores
-    the kernel's scale, so Adam's steps of ~lr are relative changes of ~lr/|w|: 100 % per
-    step for |w| ≈ 0.001, which makes training from scratch erratic until the norms grow.
+    `bn_epsilon`/`bn_momentum`: the config's BatchNorm settings (`from_config`).
+    `hr_init`: initialisation of the convolutions followed by BatchNorm in the HR part and
+    deconv. "released": N(0, 0.001), as the released code (which trains from an ImageNet
+    backbone). "he": He fan-out, as the backbone. With BatchNorm after the conv the output
+    ignores the kernel's scale, so Adam's steps of ~lr are relative changes of ~lr/|w|: 100 %
+    per step for |w| ≈ 0.001, which makes training from scratch erratic until the norms grow.
+    `fold_batchnorm`: build the inference twin, no BatchNorm layers and a bias on every conv
+    that fed one (`keras_ehrnet.models.folding.fold_batchnorm` fills it with folded weights).
     """
-    if mode not in HR_INITS:
-        raise ValueError(f"hr_init must be one of {HR_INITS}, got {mode!r}")
-    token = _HR_INIT.set(mode)
-    try:
-        yield
-    finally:
-        _HR_INIT.reset(token)
 
+    bn_epsilon: float
+    bn_momentum: float
+    hr_init: str = "released"
+    fold_batchnorm: bool = False
 
-def hr_kernel_initializer() -> keras.initializers.Initializer:
-    """The kernel initializer of a conv + BatchNorm outside the backbone (see `hr_init`)."""
-    return he_fan_out() if _HR_INIT.get() == "he" else small_normal()
+    def __post_init__(self):
+        if self.hr_init not in HR_INITS:
+            raise ValueError(f"hr_init must be one of {HR_INITS}, got {self.hr_init!r}")
 
+    @classmethod
+    def from_config(
+        cls, config: EHRNetConfig, *, hr_init: str = "released", fold_batchnorm: bool = False
+    ) -> BlockOptions:
+        return cls(config.bn_epsilon, config.bn_momentum, hr_init, bool(fold_batchnorm))
 
-_FOLD_BATCHNORM = contextvars.ContextVar("fold_batchnorm", default=False)
+    def hr_kernel_initializer(self) -> keras.initializers.Initializer:
+        """The kernel initializer of a conv + BatchNorm outside the backbone (see `hr_init`)."""
+        return he_fan_out() if self.hr_init == "he" else small_normal()
 
+    def conv_bias(self, use_bias: bool) -> bool:
+        """A conv followed by BatchNorm needs a bias once the BatchNorm is folded into it."""
+        return use_bias or self.fold_batchnorm
 
-@contextlib.contextmanager
-def folded_batchnorm(enabled: bool = True):
-    """Build the inference twin: no BatchNorm layers, every conv that fed one gets a bias.
-
-    `keras_ehrnet.models.folding.fold_batchnorm` fills such a graph with the folded weights.
-    """
-    token = _FOLD_BATCHNORM.set(enabled)
-    try:
-        yield
-    finally:
-        _FOLD_BATCHNORM.reset(token)
-
-
-def conv_bias(use_bias: bool) -> bool:
-    """A conv followed by BatchNorm needs a bias once the BatchNorm is folded into it."""
-    return use_bias or _FOLD_BATCHNORM.get()
-
-
-def batch_norm(x, name: str):
-    if _FOLD_BATCHNORM.get():
-        return x
-    return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)(x)
+    def batch_norm(self, x, name: str):
+        """BatchNorm with the config's settings, or nothing in the folded twin."""
+        if self.fold_batchnorm:
+            return x
+        return layers.BatchNormalization(epsilon=self.bn_epsilon, momentum=self.bn_momentum, name=name)(x)
 
 
 def torch_style_pad(kernel_size: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -105,6 +96,7 @@ def conv_bn(
     filters: int,
     kernel_size: int,
     name: str,
+    opts: BlockOptions,
     *,
     stride: int = 1,
     activation: str | None = "relu",
@@ -131,12 +123,12 @@ def conv_bn(
         kernel_size,
         strides=stride,
         padding=padding,
-        use_bias=conv_bias(use_bias),
-        kernel_initializer=kernel_initializer or hr_kernel_initializer(),
+        use_bias=opts.conv_bias(use_bias),
+        kernel_initializer=kernel_initializer or opts.hr_kernel_initializer(),
         bias_initializer="zeros",
         name=f"{name}_conv",
     )(x)
-    x = batch_norm(x, f"{name}_bn")
+    x = opts.batch_norm(x, f"{name}_bn")
     if activation:
         x = layers.Activation(activation, name=f"{name}_{activation}")(x)
     return x
@@ -154,20 +146,26 @@ def mbconv_block(
     kernel_size: int,
     stride: int,
     drop_connect_rate: float,
+    se_ratio: float,
     name: str,
+    opts: BlockOptions,
 ):
     """EfficientNet MBConv: [1×1 expand] → k×k depthwise → squeeze-excite → 1×1 project.
 
-    Swish everywhere, squeeze width int(in_channels / 4), identity shortcut with
-    drop-connect when shapes allow, as in the released code.
+    Swish everywhere, squeeze width int(in_channels · se_ratio) (the config's 0.25), identity
+    shortcut with drop-connect when shapes allow, as in the released code.
     """
     hidden = in_channels * expand_ratio
     inputs = x
     if hidden != in_channels:
         x = layers.Conv2D(
-            hidden, 1, use_bias=conv_bias(False), kernel_initializer=he_fan_out(), name=f"{name}_expand_conv"
+            hidden,
+            1,
+            use_bias=opts.conv_bias(False),
+            kernel_initializer=he_fan_out(),
+            name=f"{name}_expand_conv",
         )(x)
-        x = batch_norm(x, f"{name}_expand_bn")
+        x = opts.batch_norm(x, f"{name}_expand_bn")
         x = layers.Activation("swish", name=f"{name}_expand_swish")(x)
     if stride == 1:
         padding = "same"  # symmetric for odd kernels, like ZeroPad2d((k-1)//2)
@@ -178,21 +176,21 @@ def mbconv_block(
         kernel_size,
         strides=stride,
         padding=padding,
-        use_bias=conv_bias(False),
+        use_bias=opts.conv_bias(False),
         depthwise_initializer=he_fan_out_depthwise(),
         name=f"{name}_dwconv",
     )(x)
-    x = batch_norm(x, f"{name}_dw_bn")
+    x = opts.batch_norm(x, f"{name}_dw_bn")
     x = layers.Activation("swish", name=f"{name}_dw_swish")(x)
-    x = squeeze_excite(x, hidden, max(1, int(in_channels / 4)), name=f"{name}_se")
+    x = squeeze_excite(x, hidden, max(1, int(in_channels * se_ratio)), name=f"{name}_se")
     x = layers.Conv2D(
         out_channels,
         1,
-        use_bias=conv_bias(False),
+        use_bias=opts.conv_bias(False),
         kernel_initializer=he_fan_out(),
         name=f"{name}_project_conv",
     )(x)
-    x = batch_norm(x, f"{name}_project_bn")
+    x = opts.batch_norm(x, f"{name}_project_bn")
     if in_channels == out_channels and stride == 1:
         if drop_connect_rate > 0:
             x = layers.Dropout(drop_connect_rate, noise_shape=(None, 1, 1, 1), name=f"{name}_drop")(x)
@@ -215,17 +213,17 @@ def squeeze_excite(x, channels: int, squeeze: int, name: str):
 # --------------------------------------------------------------------------- HR network
 
 
-def basic_block(x, width: int, name: str):
+def basic_block(x, width: int, name: str, opts: BlockOptions):
     """ResNet basic block: 3×3 conv-BN-ReLU, 3×3 conv-BN, identity add, ReLU."""
-    y = conv_bn(x, width, 3, f"{name}_1", activation="relu")
-    y = conv_bn(y, width, 3, f"{name}_2", activation=None)
+    y = conv_bn(x, width, 3, f"{name}_1", opts, activation="relu")
+    y = conv_bn(y, width, 3, f"{name}_2", opts, activation=None)
     y = layers.Add(name=f"{name}_add")([x, y])
     return layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def transition(x, width: int, name: str):
+def transition(x, width: int, name: str, opts: BlockOptions):
     """3×3 conv (with bias) + BN + ReLU that feeds a branch of the next stage."""
-    return conv_bn(x, width, 3, name, activation="relu", use_bias=True)
+    return conv_bn(x, width, 3, name, opts, activation="relu", use_bias=True)
 
 
 def hr_module(
@@ -233,6 +231,7 @@ def hr_module(
     widths: tuple[int, ...] | list[int],
     blocks_per_branch: int,
     name: str,
+    opts: BlockOptions,
     *,
     multi_scale_output: bool = True,
 ) -> list:
@@ -247,7 +246,7 @@ def hr_module(
     branches = []
     for b, x in enumerate(xs):
         for k in range(blocks_per_branch):
-            x = basic_block(x, widths[b], f"{name}_branch{b}_block{k}")
+            x = basic_block(x, widths[b], f"{name}_branch{b}_block{k}", opts)
         branches.append(x)
     if n == 1:
         return branches
@@ -258,7 +257,7 @@ def hr_module(
             if j == i:
                 terms.append(branches[j])
             elif j > i:
-                y = conv_bn(branches[j], widths[i], 1, f"{name}_fuse{i}_{j}", activation=None)
+                y = conv_bn(branches[j], widths[i], 1, f"{name}_fuse{i}_{j}", opts, activation=None)
                 f = 2 ** (j - i)
                 y = NearestUpsampling2D(f, name=f"{name}_fuse{i}_{j}_up")(y)
                 terms.append(y)
@@ -272,6 +271,7 @@ def hr_module(
                         widths[i] if last else widths[j],
                         3,
                         f"{name}_fuse{i}_{j}_down{k}",
+                        opts,
                         stride=2,
                         pad=((1, 1), (1, 1)),
                         activation=None if last else "relu",

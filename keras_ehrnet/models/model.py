@@ -15,25 +15,28 @@ from keras_ehrnet.models.scaling import DROP_CONNECT_RATE, OUTPUT_NAMES, EHRNetC
 from keras_ehrnet.weights.pretrained import load_backbone_weights, resolve_backbone_weights
 
 
-def _build_graph(config: EHRNetConfig, input_size):
+def _build_graph(config: EHRNetConfig, input_size, opts: blocks.BlockOptions):
     inputs = keras.Input(_input_shape(input_size, multiple=32), name="image")
     x = pixel_normalization()(inputs)
-    c4, c8, c16, c32 = efficientnet_features(x, config)
+    c4, c8, c16, c32 = efficientnet_features(x, config, opts)
     w = config.hr_widths
     m2, m3, m4 = config.modules_per_stage
     nb = config.blocks_per_branch
 
-    xs = [blocks.transition(c4, w[0], "trans1_branch1"), blocks.transition(c8, w[1], "trans1_branch2")]
+    xs = [
+        blocks.transition(c4, w[0], "trans1_branch1", opts),
+        blocks.transition(c8, w[1], "trans1_branch2", opts),
+    ]
     for m in range(m2):
-        xs = blocks.hr_module(xs, w[:2], nb, f"stage2_module{m}")
-    xs = [blocks.transition(t, w[b], f"trans2_branch{b + 1}") for b, t in enumerate(xs)]
-    xs.append(blocks.transition(c16, w[2], "trans2_branch3"))
+        xs = blocks.hr_module(xs, w[:2], nb, f"stage2_module{m}", opts)
+    xs = [blocks.transition(t, w[b], f"trans2_branch{b + 1}", opts) for b, t in enumerate(xs)]
+    xs.append(blocks.transition(c16, w[2], "trans2_branch3", opts))
     for m in range(m3):
-        xs = blocks.hr_module(xs, w[:3], nb, f"stage3_module{m}")
-    xs = [blocks.transition(t, w[b], f"trans3_branch{b + 1}") for b, t in enumerate(xs)]
-    xs.append(blocks.transition(c32, w[3], "trans3_branch4"))
+        xs = blocks.hr_module(xs, w[:3], nb, f"stage3_module{m}", opts)
+    xs = [blocks.transition(t, w[b], f"trans3_branch{b + 1}", opts) for b, t in enumerate(xs)]
+    xs.append(blocks.transition(c32, w[3], "trans3_branch4", opts))
     for m in range(m4):
-        xs = blocks.hr_module(xs, w, nb, f"stage4_module{m}", multi_scale_output=m < m4 - 1)
+        xs = blocks.hr_module(xs, w, nb, f"stage4_module{m}", opts, multi_scale_output=m < m4 - 1)
     features = xs[0]
 
     j = config.num_joints
@@ -49,14 +52,14 @@ def _build_graph(config: EHRNetConfig, input_size):
         4,
         strides=2,
         padding="same",
-        use_bias=blocks.conv_bias(False),
-        kernel_initializer=blocks.hr_kernel_initializer(),
+        use_bias=opts.conv_bias(False),
+        kernel_initializer=opts.hr_kernel_initializer(),
         name="deconv_conv",
     )(x)
-    x = blocks.batch_norm(x, "deconv_bn")
+    x = opts.batch_norm(x, "deconv_bn")
     x = layers.Activation("relu", name="deconv_relu")(x)
     for k in range(config.deconv_blocks):
-        x = blocks.basic_block(x, config.deconv_width, f"deconv_block{k}")
+        x = blocks.basic_block(x, config.deconv_width, f"deconv_block{k}", opts)
     half = layers.Conv2D(j, 1, kernel_initializer=blocks.small_normal(), name="final_half")(x)
     # Float32 outputs whatever the compute dtype (mixed precision).
     quarter = layers.Activation("linear", dtype="float32", name=OUTPUT_NAMES[0])(quarter)
@@ -92,8 +95,8 @@ class EfficientHRNet(keras.Model):
         config = get_config(
             level, num_joints=num_joints, tag_per_joint=tag_per_joint, drop_connect_rate=drop_connect_rate
         )
-        with blocks.folded_batchnorm(bool(fold_batchnorm)), blocks.hr_init(hr_init):
-            inputs, outputs = _build_graph(config, input_size)
+        opts = blocks.BlockOptions.from_config(config, hr_init=hr_init, fold_batchnorm=fold_batchnorm)
+        inputs, outputs = _build_graph(config, input_size, opts)
         kwargs.setdefault("name", f"efficienthrnet_{config.name}")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self.level = level if not isinstance(level, str) else config.name
@@ -143,7 +146,7 @@ def build_model(
     randomly initialised as in the released code; nothing is downloaded unless
     `backbone_weights="imagenet"`.
     `hr_init="he"` initialises the HR part's conv + BatchNorm pairs like the backbone's
-    (He) instead of N(0, 0.001): faster training from scratch (see `blocks.hr_init`).
+    (He) instead of N(0, 0.001): faster training from scratch (see `blocks.BlockOptions`).
     `drop_connect_rate` sets the backbone's stochastic depth in training (released: 0.2).
     `backbone_weights`: "imagenet" (H0: Keras' EfficientNetB0, downloaded and cached by Keras)
     or a file (Keras' EfficientNetB0 weights for H0, the authors' compact B0 … B-4 `.pth` for

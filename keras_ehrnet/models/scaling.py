@@ -159,6 +159,7 @@ class EHRNetConfig:
     num_joints: int = 17
     tag_per_joint: bool = True
     drop_connect_rate: float = DROP_CONNECT_RATE
+    se_ratio: float = SE_RATIO
     bn_epsilon: float = 1e-5
     bn_momentum: float = 0.9  # Keras convention; PyTorch momentum 0.1
 

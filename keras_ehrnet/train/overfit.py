@@ -248,7 +248,7 @@ def overfit(
     "crop" trains on the centred square at short side R (the paper's crop when no
     augmentation is drawn) and scores at short side R, where people outside that
     square are scored but were never seen (17 % of coco-mini's visible keypoints).
-    `hr_init` initialises the HR part ("released" or "he", see `keras_ehrnet.models.blocks.hr_init`).
+    `hr_init` initialises the HR part ("released" or "he", see `keras_ehrnet.models.blocks.BlockOptions`).
     `drop_connect_rate` is the backbone's stochastic depth: off by default, since like
     augmentation it is a regulariser, and it works against memorising the set.
     `augment` sets data.* augmentation ranges; by default there is none (`NO_AUGMENTATION`),

@@ -28,13 +28,15 @@ def pixel_normalization(name: str = "normalize") -> layers.Layer:
     )
 
 
-def efficientnet_features(x, config: EHRNetConfig, opts: blocks.BlockOptions) -> list:
+def efficientnet_features(x, config: EHRNetConfig, opts: blocks.BlockOptions | None = None) -> list:
     """Stem and MBConv stages. Returns the stride 4/8/16/32 endpoints.
 
     Blocks are numbered like the reference's `features` list (stem = 0); the
     endpoints are the outputs of the 24-, 40-, 112- and 320-channel stages
-    (before scaling), wherever those stages end at this depth.
+    (before scaling), wherever those stages end at this depth. `opts`: the
+    builders' options (default: the config's BatchNorm settings, not folded).
     """
+    opts = opts or blocks.BlockOptions.from_config(config)
     x = blocks.conv_bn(
         x,
         config.stem_channels,
@@ -88,7 +90,7 @@ def build_backbone(
         weights = resolve_backbone_weights(config, weights)  # fail fast, before building
     inputs = keras.Input(_input_shape(input_size, multiple=32), name="image")
     x = pixel_normalization()(inputs)
-    endpoints = efficientnet_features(x, config, blocks.BlockOptions.from_config(config))
+    endpoints = efficientnet_features(x, config)
     model = keras.Model(
         inputs, endpoints, name=f"efficientnet_backbone_{config.backbone_name}".replace("-", "m")
     )

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from keras_ehrnet.inference.decoding import (
-    COCO_FLIP_INDEX,
     AggregatedMaps,
     DecodeConfig,
     ScaleOutputs,
@@ -16,6 +15,7 @@ from keras_ehrnet.inference.decoding import (
 )
 from keras_ehrnet.inference.oracle import mirror_keypoints, oracle_maps, oracle_outputs, synthetic_crowd
 from keras_ehrnet.inference.transforms import apply_affine, invert_affine, make_test_plan
+from keras_ehrnet.keypoints import COCO_FLIP_INDEX
 
 
 def blobs(size, peaks, num_joints, sigma=2.0):

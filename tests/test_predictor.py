@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_ehrnet.inference.decoding import COCO_FLIP_INDEX
 from keras_ehrnet.inference.drawing import draw_people
 from keras_ehrnet.inference.images import ImageReadError, read_image, to_rgb_uint8
 from keras_ehrnet.inference.oracle import mirror_keypoints, oracle_maps, synthetic_crowd
 from keras_ehrnet.inference.predictor import Predictor, predict_files
 from keras_ehrnet.inference.transforms import apply_affine, make_test_plan
+from keras_ehrnet.keypoints import COCO_FLIP_INDEX
 
 IMAGE_SIZE = (240, 320)
 

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flip_pairs_arg(text: str) -> list[list[int | str]]:
-    from keras_ehrnet.data.coco import parse_flip_pairs
+    from keras_ehrnet.keypoints import parse_flip_pairs
 
     try:
         return parse_flip_pairs(text)

@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 from keras_ehrnet.fileio import atomic_write_json
 from keras_ehrnet.inference.decoding import (
-    COCO_FLIP_INDEX,
     DecodeConfig,
     DecodeResult,
     ScaleOutputs,
     decode_outputs,
 )
 from keras_ehrnet.inference.oracle import oracle_outputs, synthetic_crowd
+from keras_ehrnet.keypoints import COCO_FLIP_INDEX
 from keras_ehrnet.metrics.coco import coco_results, coco_summary, load_coco
 
 DEFAULT_ANN = (

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from keras_ehrnet.errors import DatasetError, ImageError
 from keras_ehrnet.keypoints import BBOX_AREA_FACTOR
 
 log = logging.getLogger("keras_ehrnet.data")
@@ -47,14 +48,6 @@ IMAGE_CHECKS = ("header", "full", "off")
 _PROGRESS_MIN_IMAGES = 2000
 _TAIL_BYTES = 1 << 16
 _PNG_END = b"IEND\xaeB`\x82"
-
-
-class DatasetError(ValueError):
-    """A dataset record (annotation file, image or annotation) that cannot give correct targets."""
-
-
-class ImageError(DatasetError):
-    """An image file that is missing, cannot be decoded, is truncated or has the wrong size."""
 
 
 def jpeg_is_complete(data: bytes) -> bool:

@@ -58,30 +58,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from keras_ehrnet.inference.transforms import TestPlan
+from keras_ehrnet.keypoints import COCO_FLIP_INDEX, COCO_JOINT_ORDER
 
-COCO_KEYPOINT_NAMES: tuple[str, ...] = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
-# Channel j of a mirrored image's output is channel COCO_FLIP_INDEX[j] of the original's.
-COCO_FLIP_INDEX: tuple[int, ...] = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
-# HigherHRNet's grouping order: head, shoulders, hips, then elbows, wrists, knees, ankles.
-COCO_JOINT_ORDER: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 11, 12, 7, 8, 9, 10, 13, 14, 15, 16)
 REFINE_MODES = ("exclusive", "reference")
 
 

@@ -8,30 +8,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from keras_ehrnet.data.validate import keypoint_categories, load_annotation_json
 from keras_ehrnet.inference.images import read_image, to_rgb_uint8
-
-# COCO's skeleton (0-based joint indices), as in the person category of the annotations.
-COCO_SKELETON: tuple[tuple[int, int], ...] = (
-    (15, 13),
-    (13, 11),
-    (16, 14),
-    (14, 12),
-    (11, 12),
-    (5, 11),
-    (6, 12),
-    (5, 6),
-    (5, 7),
-    (6, 8),
-    (7, 9),
-    (8, 10),
-    (1, 2),
-    (0, 1),
-    (0, 2),
-    (1, 3),
-    (2, 4),
-    (3, 5),
-    (4, 6),
-)
+from keras_ehrnet.keypoints import COCO_SKELETON, parse_skeleton
 
 
 def person_color(index: int) -> tuple[int, int, int]:
@@ -144,9 +123,6 @@ def write_comparison(
     """
     import json
     from pathlib import Path
-
-    from keras_ehrnet.data.coco import parse_skeleton
-    from keras_ehrnet.data.validate import keypoint_categories, load_annotation_json
 
     data = load_annotation_json(ann_file)  # read once: people and skeleton come from the same dict
     category = keypoint_categories(data, ann_file)[0]

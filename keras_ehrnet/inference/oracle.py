@@ -18,8 +18,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from keras_ehrnet.inference.decoding import COCO_FLIP_INDEX, ScaleOutputs
+from keras_ehrnet.inference.decoding import ScaleOutputs
 from keras_ehrnet.inference.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, apply_affine, make_test_plan
+from keras_ehrnet.keypoints import COCO_FLIP_INDEX
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,6 @@ from tqdm import tqdm
 from keras_ehrnet.deploy.runtimes import Runner, load_runner
 from keras_ehrnet.fileio import OutputPathError, atomic_path, atomic_write_json, one_line
 from keras_ehrnet.inference.decoding import (
-    COCO_KEYPOINT_NAMES,
     DecodeConfig,
     DecodeResult,
     Person,
@@ -45,6 +44,7 @@ from keras_ehrnet.inference.images import (
     to_rgb_uint8,
 )
 from keras_ehrnet.inference.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, make_test_plan, warp_image
+from keras_ehrnet.keypoints import COCO_NAMES
 
 log = logging.getLogger("keras_ehrnet.inference.predictor")
 
@@ -148,8 +148,8 @@ class Predictor:
             self.config.joint_order_for(self.num_joints)
             if self.flip:
                 self.config.flip_index_for(self.num_joints)
-        if keypoint_names is None and self.num_joints == len(COCO_KEYPOINT_NAMES):
-            keypoint_names = COCO_KEYPOINT_NAMES
+        if keypoint_names is None and self.num_joints == len(COCO_NAMES):
+            keypoint_names = COCO_NAMES
         self.keypoint_names = tuple(keypoint_names) if keypoint_names else None
         # validates scales against a fixed-size artefact now rather than on the first image
         self.plan((self.input_size, self.input_size))

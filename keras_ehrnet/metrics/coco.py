@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from keras_ehrnet.fileio import atomic_write_json
 from keras_ehrnet.inference.decoding import DecodeConfig, DecodeResult, decode_outputs
+from keras_ehrnet.keypoints import DEFAULT_OKS_SIGMA, find_dataset_info, infer_flip_index
 
 log = logging.getLogger("keras_ehrnet.metrics.coco")
 
@@ -76,10 +77,6 @@ def coco_results(image_id: int, result: DecodeResult, category_id: int = 1) -> l
     return out
 
 
-# COCO's per-keypoint OKS constants averaged: the default for keypoint sets without their own
-DEFAULT_OKS_SIGMA = 0.0669
-
-
 def coco_summary(
     coco_gt,
     results: Sequence[dict],
@@ -109,8 +106,6 @@ def coco_summary(
         coco_dt = coco_gt.loadRes([dict(r) for r in results])
         ev = COCOeval(coco_gt, coco_dt, "keypoints")
         if oks_sigmas is None and keypoint_names is not None:
-            from keras_ehrnet.keypoints import find_dataset_info
-
             info = find_dataset_info(keypoint_names)
             oks_sigmas = info.sigmas if info is not None else None
         if oks_sigmas is not None:
@@ -199,14 +194,6 @@ def _report_problems(problems) -> set:
     return {p.image_id for p in problems if p.image_id is not None}
 
 
-def _flip_index_from_names(names: Sequence[str]) -> tuple[int, ...] | None:
-    try:
-        from keras_ehrnet.data.coco import infer_flip_index
-    except ImportError:  # pragma: no cover
-        return None
-    return tuple(infer_flip_index(names))
-
-
 def evaluate_coco(
     model_or_runner_or_predictor: Any,
     ann_file: str | os.PathLike,
@@ -273,7 +260,7 @@ def evaluate_coco(
         bad = {p.image_id for p in image_problems}
         ids = [i for i in ids if i not in bad]
     if flip_index is None and len(names) != 17:
-        flip_index = _flip_index_from_names(names)
+        flip_index = tuple(infer_flip_index(names))
 
     oracle = model_or_runner_or_predictor if isinstance(model_or_runner_or_predictor, Oracle) else None
     if oracle is not None:

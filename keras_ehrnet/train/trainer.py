@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ehrnet.fileio import atomic_save_model, check_writable, one_line, remove_stale_temporaries
+from keras_ehrnet.keypoints import resolve_flip_index
 from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig, resolve_num_joints
 from keras_ehrnet.train.distribute import is_chief, make_strategy, remove_scratch, write_dir
 from keras_ehrnet.train.finetune import InitReport, freeze_backbone, load_initial_weights
@@ -157,11 +158,10 @@ def coco_validation(config: TrainConfig) -> Callable[[keras.Model], dict]:
             raise FileNotFoundError(f"{key}: no such {'file' if is_file else 'folder'}: {p}")
     flip_index = None
     if d.flip_pairs is not None:
-        from keras_ehrnet.data.coco import flip_index_from_pairs
         from keras_ehrnet.metrics.coco import keypoint_category, load_coco
 
         names = keypoint_category(load_coco(d.val_ann))["keypoints"]
-        flip_index = flip_index_from_pairs(d.flip_pairs, names)
+        flip_index = resolve_flip_index(names, d.flip_pairs)
 
     def evaluate(model: keras.Model) -> dict:
         from keras_ehrnet.metrics.coco import evaluate_coco

@@ -14,12 +14,12 @@ from keras_ehrnet.deploy.runtimes import (
     OnnxRunner,
     SavedModelRunner,
     TFLiteRunner,
-    default_num_threads,
     load_runner,
     order_outputs,
     tflite_precision,
     to_uint8,
 )
+from keras_ehrnet.threads import available_cores
 
 J = 3
 SIZE = 64
@@ -196,7 +196,7 @@ def test_onnx_runner(tiny, pixels, tmp_path):
     assert runner.fixed_input_size is None and runner.num_joints == J and runner.input_dtype == np.float32
     for got, want in zip(runner(pixels), keras_outputs(tiny, pixels)):
         np.testing.assert_allclose(got, want, atol=1e-5)
-    assert load_runner(path).num_threads == default_num_threads()
+    assert load_runner(path).num_threads == available_cores()
 
 
 def test_wrong_or_missing_files_are_named(tmp_path):

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from keras_ehrnet.data.pipeline import make_dataset
+from keras_ehrnet.threads import available_cores
 
 
 @dataclass
@@ -62,14 +63,6 @@ class Throughput:
             "cpu_ms_per_image": self.cpu_ms_per_image,
             "images_per_second_per_busy_core": self.per_busy_core,
         }
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def _cpu_seconds() -> float:

@@ -27,19 +27,12 @@ from keras_ehrnet.deploy.artefact import (
 )
 from keras_ehrnet.deploy.trt_engine import load_engine_session
 from keras_ehrnet.models.scaling import OUTPUT_NAMES
+from keras_ehrnet.threads import available_cores, set_tf_threads
 
 EXPECTED_KINDS = (
     "a Keras model (.keras file or keras.Model), a SavedModel directory, a .tflite file, "
     "an .onnx file or a TensorRT .engine/.plan file"
 )
-
-
-def default_num_threads() -> int:
-    """Threads used when none are given: every core this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -116,17 +109,7 @@ class Runner(abc.ABC):
 
 def _set_tf_threads(num_threads: int | None) -> None:
     """TensorFlow's thread pools are per process and fixed once the runtime starts: set them if we can."""
-    if num_threads is None:
-        return
-    import tensorflow as tf
-
-    current = tf.config.threading.get_intra_op_parallelism_threads()
-    if current == num_threads:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(num_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
+    if num_threads is not None and not set_tf_threads(num_threads):
         warnings.warn(
             f"TensorFlow is already initialised; cannot switch it to {num_threads} threads "
             "(set them before the first TensorFlow call)",
@@ -252,7 +235,7 @@ class TFLiteRunner(Runner):
 
     def __init__(self, path: Path, *, num_threads: int | None = None):
         self.path = Path(path)
-        self.num_threads = num_threads or default_num_threads()
+        self.num_threads = num_threads or available_cores()
         self._interpreter_cls, self.interpreter_source = tflite_interpreter_class()
         try:
             self._interp = self._new_interpreter()
@@ -322,7 +305,7 @@ class OnnxRunner(Runner):
         import onnxruntime as ort
 
         self.path = Path(path)
-        self.num_threads = num_threads or default_num_threads()
+        self.num_threads = num_threads or available_cores()
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.num_threads
         options.inter_op_num_threads = 1

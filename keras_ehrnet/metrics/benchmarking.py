@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from keras_ehrnet.threads import set_tf_threads
+
 
 @dataclasses.dataclass
 class LatencyStats:
@@ -160,11 +162,7 @@ def configure_threads(num_threads: int | None) -> int:
     import tensorflow as tf
 
     n = num_threads or os.cpu_count() or 1
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass  # runtime already initialised: keep its setting
+    set_tf_threads(n)  # False: the runtime is initialised already and keeps its setting
     return tf.config.threading.get_intra_op_parallelism_threads() or n
 
 

@@ -398,7 +398,9 @@ def test_tensorrt_without_tensorrt_writes_onnx_and_prints_trtexec(model, tmp_pat
         written.append((out, size))
         return out
 
-    monkeypatch.setattr("keras_ehrnet.deploy.onnx.export_onnx", fake_onnx)
+    monkeypatch.setattr(
+        "keras_ehrnet.deploy.tensorrt.export_onnx", fake_onnx
+    )  # where the exporter looks it up
     engine = tmp_path / "ehrnet.engine"
     with pytest.raises(
         RuntimeUnavailableError, match="(?s)TensorRT Python API is not installed.*trtexec --onnx="

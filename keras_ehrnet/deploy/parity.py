@@ -13,6 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from keras_ehrnet.deploy.common import calibration_images
+from keras_ehrnet.deploy.exporter import _load_model
+from keras_ehrnet.deploy.runtimes import KerasRunner, Runner, load_runner
+
 
 def realistic_weights(
     model: Any, images: np.ndarray, *, seed: int = 0, output_max: float | None = 2.0
@@ -124,10 +128,6 @@ def verify_artefact(
 
     Images are letterboxed to the artefact's fixed size (else the model's native one).
     """
-    from keras_ehrnet.deploy.common import calibration_images
-    from keras_ehrnet.deploy.exporter import _load_model
-    from keras_ehrnet.deploy.runtimes import KerasRunner, Runner, load_runner
-
     keras_runner = model if isinstance(model, KerasRunner) else KerasRunner(_load_model(model))
     runner = artefact if isinstance(artefact, Runner) else load_runner(artefact, num_threads=num_threads)
     size = runner.fixed_input_size

@@ -26,6 +26,7 @@ from keras_ehrnet.deploy.artefact import (
     TFLITE_MAGIC,
 )
 from keras_ehrnet.deploy.trt_engine import load_engine_session
+from keras_ehrnet.fileio import one_line
 from keras_ehrnet.models.scaling import OUTPUT_NAMES
 from keras_ehrnet.threads import available_cores, set_tf_threads
 
@@ -160,8 +161,6 @@ class SavedModelRunner(Runner):
         try:
             self.loaded = tf.saved_model.load(str(self.path))  # every signature: loaded.signatures[name]
         except Exception as err:
-            from keras_ehrnet.fileio import one_line
-
             raise ValueError(f"cannot load SavedModel {self.path}: {one_line(err)}") from None
         if signature not in self.loaded.signatures:
             raise ValueError(

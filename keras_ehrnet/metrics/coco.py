@@ -26,8 +26,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from keras_ehrnet.data.validate import check_annotations, check_images
 from keras_ehrnet.fileio import atomic_write_json
 from keras_ehrnet.inference.decoding import DecodeConfig, DecodeResult, decode_outputs
+from keras_ehrnet.inference.images import ImageReadError, read_image
+from keras_ehrnet.inference.oracle import Oracle, oracle_scale_outputs, person_keypoints
+from keras_ehrnet.inference.predictor import Predictor
+from keras_ehrnet.inference.transforms import make_test_plan
 from keras_ehrnet.keypoints import DEFAULT_OKS_SIGMA, find_dataset_info, infer_flip_index
 
 log = logging.getLogger("keras_ehrnet.metrics.coco")
@@ -40,8 +45,6 @@ def check_annotation_file(ann_file: str | os.PathLike):
     """The annotation file after the checks training uses (`keras_ehrnet.data.validate`):
     a `CheckedAnnotations` whose `coco()` indexes only the records that passed and whose
     `problems` name the others. Fatal errors raise DatasetError (a ValueError) naming the file."""
-    from keras_ehrnet.data.validate import check_annotations
-
     return check_annotations(ann_file)
 
 
@@ -228,12 +231,6 @@ def evaluate_coco(
     (as a fixed-size export runs). Extra keyword arguments set `DecodeConfig` fields (e.g.
     refine=False).
     """
-    from keras_ehrnet.data.validate import check_images
-    from keras_ehrnet.inference.images import ImageReadError, read_image
-    from keras_ehrnet.inference.oracle import Oracle, oracle_scale_outputs, person_keypoints
-    from keras_ehrnet.inference.predictor import Predictor
-    from keras_ehrnet.inference.transforms import make_test_plan
-
     checked = check_annotation_file(ann_file)
     coco = checked.coco()
     category = keypoint_category(coco)

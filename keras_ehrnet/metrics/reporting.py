@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from keras_ehrnet.fileio import atomic_path
 from keras_ehrnet.models.scaling import PAPER_FACTS
 
 # Bottom-up methods of the paper's Table 4 (COCO val, single scale): AP, GFLOPs (multiply-adds), FPS on NX.
@@ -178,7 +179,6 @@ def save_figure(fig, path, dpi: float | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    from keras_ehrnet.fileio import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi or "figure", format=path.suffix.lstrip(".") or None)

@@ -19,7 +19,7 @@ import keras
 from keras import layers
 
 from keras_ehrnet.models.layers import NearestUpsampling2D
-from keras_ehrnet.models.scaling import EHRNetConfig
+from keras_ehrnet.models.scaling import HR_INITS, EHRNetConfig
 
 
 def he_fan_out() -> keras.initializers.Initializer:
@@ -36,9 +36,6 @@ def he_fan_out_depthwise() -> keras.initializers.Initializer:
 def small_normal() -> keras.initializers.Initializer:
     """Normal(0, 0.001): the released code's init of the HR part and heads."""
     return keras.initializers.RandomNormal(stddev=0.001)
-
-
-HR_INITS = ("released", "he")
 
 
 @dataclasses.dataclass(frozen=True)

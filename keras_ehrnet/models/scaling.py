@@ -53,6 +53,8 @@ DECONV_BLOCKS = 2
 SE_RATIO = 0.25  # squeeze width = int(block input channels * 0.25)
 DROP_CONNECT_RATE = 0.2  # constant over all blocks, as in the released code
 MIN_PHI, MAX_PHI = -8.0, 2.0
+# How the HR part's conv + BatchNorm pairs are initialised (`blocks.BlockOptions.hr_init`).
+HR_INITS = ("released", "he")
 # The network's two outputs, in order (heatmaps+tags at 1/4, heatmaps at 1/2 resolution): the
 # model's output layers and every exported artefact carry these names.
 OUTPUT_NAMES: tuple[str, str] = ("quarter", "half")

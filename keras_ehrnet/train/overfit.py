@@ -19,6 +19,8 @@ import tensorflow as tf
 
 from keras_ehrnet.fileio import atomic_save_model, atomic_write_json
 from keras_ehrnet.metrics.benchmarking import CpuMeter, machine_info
+from keras_ehrnet.metrics.coco import evaluate_coco
+from keras_ehrnet.metrics.reporting import pyplot, save_figure
 from keras_ehrnet.train.config import TrainConfig, apply_overrides, config_from_dict, resolve_num_joints
 from keras_ehrnet.train.trainer import CocoTrainData, Trainer, TrainResult
 
@@ -95,8 +97,6 @@ def plot_losses(
     The terms are drawn as moving averages on a log scale (single steps of the push term are
     often exactly 0); dotted lines mark the steps where the learning rate changed.
     """
-    from keras_ehrnet.metrics.reporting import pyplot, save_figure
-
     plt = pyplot()
     steps = np.array([row["step"] for row in history])
     panels = 3 if ap_curve else 2
@@ -161,8 +161,6 @@ def plot_ap_curves(
     xlabel: str = AP_AXES["step"],
 ) -> Path:
     """PNG of several runs' (x, AP) curves on one axis (x from `ap_points`), to compare recipes."""
-    from keras_ehrnet.metrics.reporting import pyplot, save_figure
-
     plt = pyplot()
     if not runs:
         raise ValueError("no runs to plot")
@@ -263,8 +261,6 @@ def overfit(
     SIGTERM, with a checkpoint, and is evaluated as it stands). `val_every` > 0 also scores
     AP on the same images every that many epochs (the AP curve goes into metrics.json).
     """
-    from keras_ehrnet.metrics.coco import evaluate_coco
-
     if view not in OVERFIT_VIEWS:
         raise ValueError(f"view must be one of {OVERFIT_VIEWS}, got {view!r}")
     if epochs is None and minutes is None:

@@ -1,21 +1,19 @@
-"""TensorRT engines from our ONNX file (TensorRT Python API), the equivalent trtexec command, a runner.
+"""The TensorRT exporter: our ONNX file, then an engine built from it (or the trtexec command to build one).
 
 The route for Jetson (JetPack ships TensorRT and trtexec): export ONNX, build
 an engine on the device (engines are specific to the GPU and TensorRT
 version), FP16 or INT8 with an entropy calibrator over real images that writes
-a calibration cache (re-used by later builds and by `trtexec --calib`).
-Everything here imports `tensorrt` and `cuda-python` lazily; the batching and
-cache logic of the calibrator (`CalibrationBatcher`) and the trtexec command
-need neither, so they are tested everywhere.
+a calibration cache (re-used by later builds and by `trtexec --calib`). The
+engine primitives (calibration batches, building, the trtexec command, loading
+and running) are in `keras_ehrnet.deploy.trt_engine`, shared with the runtime.
 """
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any
 
-from keras_ehrnet.deploy.artefact import INPUT_NAME, RuntimeUnavailableError, engine_metadata_path
+from keras_ehrnet.deploy.artefact import RuntimeUnavailableError, engine_metadata_path
 from keras_ehrnet.deploy.common import DEFAULT_CALIBRATION_IMAGES, calibration_images, list_images, write_json
 from keras_ehrnet.deploy.onnx import export_onnx
 from keras_ehrnet.deploy.trt_engine import (
@@ -25,56 +23,10 @@ from keras_ehrnet.deploy.trt_engine import (
     build_engine,
     entropy_calibrator,
     require_tensorrt,
+    trtexec_command,
 )
 
 JETSON_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
-
-
-def trtexec_command(
-    onnx_path: str | Path,
-    engine_path: str | Path,
-    precision: str,
-    size: tuple[int, int],
-    *,
-    max_batch: int = 1,
-    opt_batch: int = 1,
-    calibration_cache: str | Path | None = None,
-    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-    trtexec: str = "trtexec",
-) -> str:
-    """The trtexec command line that builds the same engine as `build_engine` (on Jetson: /usr/src/tensorrt/bin/trtexec).
-
-    INT8 needs the calibration cache that `build_engine` writes (trtexec
-    cannot calibrate from images); without `--calib` trtexec uses dummy
-    scales, good for timing only.
-    """
-    if precision not in TRT_PRECISIONS:
-        raise ValueError(f"TensorRT precision must be one of {TRT_PRECISIONS}, got {precision!r}")
-    if not 1 <= opt_batch <= max_batch:
-        raise ValueError(
-            f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}"
-        )
-    h, w = size
-
-    def shape(batch: int) -> str:
-        return f"{INPUT_NAME}:{batch}x{h}x{w}x3"
-
-    args = [
-        trtexec,
-        f"--onnx={onnx_path}",
-        f"--saveEngine={engine_path}",
-        f"--minShapes={shape(1)}",
-        f"--optShapes={shape(opt_batch)}",
-        f"--maxShapes={shape(max_batch)}",
-        f"--memPoolSize=workspace:{max(1, workspace_bytes >> 20)}M",
-    ]
-    if precision in ("fp16", "int8"):
-        args.append("--fp16")  # INT8 builds fall back to FP16 (not FP32) where a layer has no INT8 kernel
-    if precision == "int8":
-        args.append("--int8")
-        if calibration_cache is not None:
-            args.append(f"--calib={calibration_cache}")
-    return shlex.join(str(a) for a in args)
 
 
 def export_tensorrt(

@@ -1,4 +1,4 @@
-"""TensorRT engine primitives: build an engine from an ONNX file, load one and run it.
+"""TensorRT engine primitives: build an engine from an ONNX file (or the trtexec command that does), load and run one.
 
 One level below both the TensorRT exporter (`keras_ehrnet.deploy.tensorrt`) and the
 TensorRT runtime backend (`keras_ehrnet.deploy.runtimes.TensorRTRunner`). Everything
@@ -9,6 +9,7 @@ they are missing; the functions then raise RuntimeUnavailableError saying what t
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,53 @@ def entropy_calibrator(batcher: CalibrationBatcher) -> Any:
             batcher.write_cache(bytes(cache))
 
     return EntropyCalibrator()
+
+
+def trtexec_command(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    precision: str,
+    size: tuple[int, int],
+    *,
+    max_batch: int = 1,
+    opt_batch: int = 1,
+    calibration_cache: str | Path | None = None,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    trtexec: str = "trtexec",
+) -> str:
+    """The trtexec command line that builds the same engine as `build_engine` (on Jetson: /usr/src/tensorrt/bin/trtexec).
+
+    INT8 needs the calibration cache that `build_engine` writes (trtexec
+    cannot calibrate from images); without `--calib` trtexec uses dummy
+    scales, good for timing only.
+    """
+    if precision not in TRT_PRECISIONS:
+        raise ValueError(f"TensorRT precision must be one of {TRT_PRECISIONS}, got {precision!r}")
+    if not 1 <= opt_batch <= max_batch:
+        raise ValueError(
+            f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}"
+        )
+    h, w = size
+
+    def shape(batch: int) -> str:
+        return f"{INPUT_NAME}:{batch}x{h}x{w}x3"
+
+    args = [
+        trtexec,
+        f"--onnx={onnx_path}",
+        f"--saveEngine={engine_path}",
+        f"--minShapes={shape(1)}",
+        f"--optShapes={shape(opt_batch)}",
+        f"--maxShapes={shape(max_batch)}",
+        f"--memPoolSize=workspace:{max(1, workspace_bytes >> 20)}M",
+    ]
+    if precision in ("fp16", "int8"):
+        args.append("--fp16")  # INT8 builds fall back to FP16 (not FP32) where a layer has no INT8 kernel
+    if precision == "int8":
+        args.append("--int8")
+        if calibration_cache is not None:
+            args.append(f"--calib={calibration_cache}")
+    return shlex.join(str(a) for a in args)
 
 
 def build_engine(

@@ -1,7 +1,7 @@
 """keras-ehrnet: EfficientHRNet multi-person pose estimation for TensorFlow/Keras 3.
 
 The public names below are imported on first use (PEP 562), so that running an exported
-.onnx or .tflite file (`keras_ehrnet.runtimes`, `Predictor`) never imports TensorFlow: its
+.onnx or .tflite file (`keras_ehrnet.deploy.runtimes`, `Predictor`) never imports TensorFlow: its
 thread pools would take the cores from ONNX Runtime or LiteRT. When Keras is already imported,
 the model classes are imported at once so that `keras.saving.load_model` finds them.
 """
@@ -13,17 +13,17 @@ __version__ = "0.1.0"
 
 # public name → module that defines it
 _LAZY = {
-    "EHRNetConfig": "keras_ehrnet.scaling",
-    "EfficientHRNet": "keras_ehrnet.model",
-    "PRESET_NAMES": "keras_ehrnet.scaling",
-    "Predictor": "keras_ehrnet.predictor",
-    "build_backbone": "keras_ehrnet.backbone",
-    "build_backbone_classifier": "keras_ehrnet.backbone",
-    "build_model": "keras_ehrnet.model",
-    "count_macs": "keras_ehrnet.macs",
-    "evaluate_coco": "keras_ehrnet.evaluate",
-    "get_config": "keras_ehrnet.scaling",
-    "load_torch_weights": "keras_ehrnet.torch_import",
+    "EHRNetConfig": "keras_ehrnet.models.scaling",
+    "EfficientHRNet": "keras_ehrnet.models.model",
+    "PRESET_NAMES": "keras_ehrnet.models.scaling",
+    "Predictor": "keras_ehrnet.inference.predictor",
+    "build_backbone": "keras_ehrnet.models.backbone",
+    "build_backbone_classifier": "keras_ehrnet.models.backbone",
+    "build_model": "keras_ehrnet.models.model",
+    "count_macs": "keras_ehrnet.models.macs",
+    "evaluate_coco": "keras_ehrnet.metrics.coco",
+    "get_config": "keras_ehrnet.models.scaling",
+    "load_torch_weights": "keras_ehrnet.weights.torch_import",
 }
 
 __all__ = sorted(_LAZY)
@@ -43,4 +43,4 @@ def __dir__() -> list[str]:
 
 
 if "keras" in sys.modules:  # registers EfficientHRNet for keras.saving.load_model
-    importlib.import_module("keras_ehrnet.model")
+    importlib.import_module("keras_ehrnet.models.model")

@@ -180,7 +180,7 @@ CHILD = textwrap.dedent(
     import json, sys
     import numpy as np
     from keras_ehrnet import Predictor
-    from keras_ehrnet.runtimes import load_runner
+    from keras_ehrnet.deploy.runtimes import load_runner
 
     paths, pixels_file, out_file = sys.argv[1:-2], sys.argv[-2], sys.argv[-1]
     pixels = np.load(pixels_file)
@@ -213,12 +213,12 @@ def artefacts_without_tensorflow(tiny, tmp_path) -> list[Path]:
     """The tiny model as .onnx, plus LiteRT .tflite and OpenVINO .xml where those are installed."""
     import importlib.util
 
-    from keras_ehrnet.export.onnx import export_onnx
+    from keras_ehrnet.deploy.onnx import export_onnx
 
     paths = [export_onnx(tiny, tmp_path / "tiny.onnx", (SIZE, SIZE))]
     if importlib.util.find_spec("ai_edge_litert") is not None:
-        from keras_ehrnet.export.savedmodel import export_savedmodel
-        from keras_ehrnet.export.tflite import tflite_from_savedmodel
+        from keras_ehrnet.deploy.savedmodel import export_savedmodel
+        from keras_ehrnet.deploy.tflite import tflite_from_savedmodel
 
         saved = export_savedmodel(tiny, tmp_path / "tiny_sm", (SIZE, SIZE))
         paths.append(
@@ -267,9 +267,9 @@ def test_runners_and_predictor_run_exported_files_without_tensorflow(tiny_and_pi
 
 def test_openvino_runner_matches_the_onnx_file(tiny_and_pixels, tmp_path):
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
+    from keras_ehrnet.deploy.onnx import export_onnx
     from keras_ehrnet.deploy.openvino import OpenVINORunner, export_openvino
-    from keras_ehrnet.export.onnx import export_onnx
-    from keras_ehrnet.runtimes import load_runner
+    from keras_ehrnet.deploy.runtimes import load_runner
 
     tiny, pixels = tiny_and_pixels
     onnx_path = export_onnx(tiny, tmp_path / "tiny.onnx", (SIZE, SIZE))

@@ -7,7 +7,7 @@
 A model that has learnt something is needed: an untrained one scores 0 either way. The
 quickstart model (`python -m training.quickstart`, H-4 memorising the ten sample images at
 256²) is the default subject; both artefacts are scored with pycocotools through
-`keras_ehrnet.evaluate.evaluate_coco` on the same annotated images, letterboxed into the same
+`keras_ehrnet.metrics.coco.evaluate_coco` on the same annotated images, letterboxed into the same
 fixed input, with flip test, exactly as the quickstart scores its fp32 export. The int8 file
 is TFLite's full-integer quantisation (per-channel int8 weights, per-tensor int8 activations
 calibrated on `--calibration-images`, int8 input and outputs). Then, layer by layer, TFLite's
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from keras_ehrnet.fileio import atomic_write_json
 
-HEAD_LAYERS = ("final_quarter", "final_half")  # the two 1×1 output convolutions (keras_ehrnet.model)
+HEAD_LAYERS = ("final_quarter", "final_half")  # the two 1×1 output convolutions (keras_ehrnet.models.model)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,16 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import keras
 
-    import keras_ehrnet.model  # noqa: F401  (registers EfficientHRNet for load_model)
+    import keras_ehrnet.models.model  # noqa: F401  (registers EfficientHRNet for load_model)
     from keras_ehrnet.data import sample_dataset
-    from keras_ehrnet.evaluate import evaluate_coco
-    from keras_ehrnet.export.savedmodel import export_savedmodel
-    from keras_ehrnet.export.tflite import (
+    from keras_ehrnet.deploy.savedmodel import export_savedmodel
+    from keras_ehrnet.deploy.tflite import (
         configure_converter,
         export_tflite,
         representative_dataset,
     )
     from keras_ehrnet.fileio import atomic_write_bytes
+    from keras_ehrnet.metrics.coco import evaluate_coco
 
     if args.train_quickstart:
         from keras_ehrnet.train.quickstart import quickstart

@@ -7,7 +7,7 @@ A process that has run TensorFlow keeps TensorFlow's thread pools spinning on th
 ONNX Runtime, LiteRT or OpenVINO timed there lose up to half their speed (the reference's H-4
 ONNX file: 66 ms beside TensorFlow, 33 ms alone, on a Zen 4). `evaluation.benchmark latency`
 therefore exports in its own process and times every non-TensorFlow runtime here, in a child
-that imports numpy, the runtime and `keras_ehrnet.runtimes` only. The child prints one JSON
+that imports numpy, the runtime and `keras_ehrnet.deploy.runtimes` only. The child prints one JSON
 line: the latency statistics and which heavy modules it had loaded (TensorFlow must not be).
 
 `--layout nchw` times an NCHW ONNX file with an input named anything (the authors' PyTorch
@@ -63,7 +63,7 @@ def _runner_fn(path: Path, threads: int, batch: int, size: int | None):
     """A callable running our artefact through `load_runner` on fixed random pixels."""
     import numpy as np
 
-    from keras_ehrnet.runtimes import load_runner
+    from keras_ehrnet.deploy.runtimes import load_runner
 
     runner = load_runner(path, num_threads=threads)
     if runner.fixed_input_size:
@@ -91,10 +91,10 @@ def child_main(argv: list[str] | None = None) -> int:
         help="nhwc (our artefact), nchw (an NCHW .onnx file) or torch:LEVEL (ARTEFACT is the reference checkout)",
     )
     args = p.parse_args(argv)
-    from keras_ehrnet.benchmarking import time_callable
-    from keras_ehrnet.runtimes import default_num_threads
+    from keras_ehrnet.metrics.benchmarking import time_callable
+    from keras_ehrnet.threads import available_cores
 
-    threads = args.threads or default_num_threads()
+    threads = args.threads or available_cores()
     if args.layout == "nchw":
         fn, name = _nchw_onnx_fn(args.artefact, threads, args.batch)
     elif args.layout.startswith("torch:"):

@@ -6,12 +6,12 @@
 
 Keras runs as a compiled tf.function, without ("keras") and with XLA ("keras-xla"), and with
 BatchNorm folded into the convs ("keras-folded"); every other runtime runs the exported artefact
-through keras_ehrnet.runtimes.load_runner. Runtimes that need no TensorFlow (TFLite/LiteRT, ONNX
+through keras_ehrnet.deploy.runtimes.load_runner. Runtimes that need no TensorFlow (TFLite/LiteRT, ONNX
 Runtime, OpenVINO) are exported here and timed each in a fresh process that loads only that
 runtime (evaluation.benchmark.isolated), --rounds times, interleaved with the reference's ONNX
 file when --reference is given: a process that has run TensorFlow keeps its thread pools on the
 cores and halves their speed. Randomly initialised levels first get realistic weight
-magnitudes (keras_ehrnet.benchmarking.timing_weights), as a trained model has; the released init
+magnitudes (keras_ehrnet.metrics.benchmarking.timing_weights), as a trained model has; the released init
 would leave activations in the denormal range, which CPUs compute slowly. Runtimes that cannot
 run here (TF-TRT and TensorRT without TensorRT) are listed as skipped with the reason. With
 --reference, the authors' PyTorch model is timed in the same run, eagerly and exported to ONNX on
@@ -28,9 +28,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from keras_ehrnet.benchmarking import DEFAULT_RUNTIMES, RUNTIMES
 from keras_ehrnet.fileio import atomic_write_json, atomic_write_text
-from keras_ehrnet.scaling import PRESET_NAMES
+from keras_ehrnet.metrics.benchmarking import DEFAULT_RUNTIMES, RUNTIMES
+from keras_ehrnet.models.scaling import PRESET_NAMES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def bench_level(model, args, threads: int, workdir: Path, floor_gflops: float, reference=None) -> dict:
     import keras_ehrnet as ke
-    from keras_ehrnet.benchmarking import (
+    from keras_ehrnet.metrics.benchmarking import (
         ISOLATED_FORMATS,
         RUNTIMES,
         Skipped,
@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     import keras_ehrnet as ke
-    from keras_ehrnet.benchmarking import (
+    from keras_ehrnet.metrics.benchmarking import (
         configure_threads,
         latency_markdown,
         machine_info,

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from keras_ehrnet.fileio import atomic_write_json, atomic_write_text
-from keras_ehrnet.scaling import PRESET_NAMES
+from keras_ehrnet.models.scaling import PRESET_NAMES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -75,11 +75,9 @@ def _latency_from_json(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import keras
 
     import keras_ehrnet as ke
-    import keras_ehrnet.model  # noqa: F401  (registers EfficientHRNet for load_model)
-    from keras_ehrnet.benchmarking import (
+    from keras_ehrnet.metrics.benchmarking import (
         Skipped,
         configure_threads,
         machine_info,
@@ -87,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         time_callable,
         timing_weights,
     )
-    from keras_ehrnet.reporting import plot_ap_vs_gmacs, plot_latency, report_markdown, report_rows
+    from keras_ehrnet.metrics.reporting import plot_ap_vs_gmacs, plot_latency, report_markdown, report_rows
+    from keras_ehrnet.models.model import load_keras_model
 
     threads = configure_threads(args.threads)
     info = machine_info()
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for level in args.levels:
             path = args.models.get(level)
-            model = keras.saving.load_model(path, compile=False) if path else ke.build_model(level)
+            model = load_keras_model(path) if path else ke.build_model(level)
             name, size = model.config.name, model.config.input_size
             item = {
                 "level": name,

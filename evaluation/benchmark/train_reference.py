@@ -4,7 +4,7 @@
         [--warmup 2] [--threads N] [--input-size R]
 
 `python -m evaluation.benchmark train --reference CHECKOUT` runs this beside our own step,
-interleaved. The batch is ours (`keras_ehrnet.train.benchmark.synthetic_batch`: the same
+interleaved. The batch is ours (`evaluation.benchmark.train.synthetic_batch`: the same
 pixels, heatmaps, masks and joint indices), laid out as the reference's data loader gives it
 (NCHW images normalised with the ImageNet mean and std, one heatmap/mask/joints entry per
 output). One step is what its `core.trainer.do_train` does: forward, `MultiLossFactory`
@@ -33,7 +33,7 @@ def reference_batch(batch_size: int, size: int, num_joints: int, seed: int = 0):
     """Our synthetic batch in the reference's layout: (images, [heatmaps], [masks], [joints]) tensors."""
     import torch
 
-    from keras_ehrnet.train.benchmark import synthetic_batch
+    from evaluation.benchmark.train import synthetic_batch
 
     images, t = synthetic_batch(batch_size, size, num_joints, seed=seed)
     x = torch.from_numpy(((images / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2).copy())
@@ -60,9 +60,9 @@ def reference_step_seconds(
     import torch
 
     from evaluation.reference import load_reference_config
-    from keras_ehrnet.runtimes import default_num_threads
+    from keras_ehrnet.threads import available_cores
 
-    torch.set_num_threads(threads or default_num_threads())
+    torch.set_num_threads(threads or available_cores())
     # TensorFlow (oneDNN) flushes denormal numbers to zero; PyTorch does not by default, and the
     # released initialisation (std 0.001) leaves activations near 1e-11, where its step ran 27×
     # slower (110 s against 4 s for ours at H-4 on the Xeon). Same arithmetic mode for both.
@@ -164,7 +164,7 @@ def reference_round(args: argparse.Namespace, level: str, size: int, threads: in
 
 def compare_levels(args: argparse.Namespace, measure_throughput) -> list[dict]:
     """Per level: our step (`measure_throughput`, this process) then the reference's (fresh process), --rounds times."""
-    from keras_ehrnet.benchmarking import configure_threads
+    from keras_ehrnet.metrics.benchmarking import configure_threads
 
     threads = configure_threads(args.threads)
     rows = []

@@ -1,1 +1,63 @@
-"""Deployment: exporters, graph clean-ups and runtimes for the exported artefacts."""
+"""Deploying EfficientHRNet: export it for deployment: SavedModel (TF Serving), TFLite/LiteRT, ONNX, TF-TRT, TensorRT.
+
+`export(model, format, out, precision=...)` is the one entry point (and what
+`python -m conversion` calls). Every artefact takes the Keras model's input
+(RGB pixels 0..255, NHWC; uint8 for the SavedModel's default signature) and
+returns its two outputs `quarter` and `half`; `keras_ehrnet.deploy.runtimes.load_runner`
+runs any of them. Formats and precisions:
+
+| format     | precisions                        | input size                   |
+|------------|-----------------------------------|------------------------------|
+| savedmodel | fp32 (+ decoder signatures)       | dynamic unless given         |
+| tflite     | fp32, fp16, int8-dynamic, int8    | fixed (default: native R)    |
+| onnx       | fp32                              | dynamic unless given         |
+| tftrt      | fp32, fp16, int8                  | fixed (TensorRT TF builds)   |
+| tensorrt   | fp32, fp16, int8                  | fixed (TensorRT Python API)  |
+
+int8 means full-integer with calibration on real images (`calibration_images`);
+int8-dynamic (TFLite only) quantises the weights and needs no images.
+"""
+
+import importlib
+
+# public name → module that defines it; imported on first use, so that running an exported
+# file (keras_ehrnet.deploy.runtimes, .openvino) does not import the exporters' TensorFlow
+_LAZY = {
+    "RuntimeUnavailableError": "keras_ehrnet.deploy.artefact",
+    **dict.fromkeys(
+        (
+            "DEFAULT_CALIBRATION_IMAGES",
+            "calibration_images",
+            "collect_skipped",
+            "letterbox",
+            "letterbox_tf",
+            "list_images",
+            "read_image",
+        ),
+        "keras_ehrnet.deploy.common",
+    ),
+    **dict.fromkeys(
+        (
+            "DIRECTORY_FORMATS",
+            "FORMATS",
+            "PRECISIONS",
+            "SUPPORTED_PRECISIONS",
+            "check_options",
+            "default_output_path",
+            "export",
+        ),
+        "keras_ehrnet.deploy.exporter",
+    ),
+    "load_runner": "keras_ehrnet.deploy.runtimes",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    """Import a public name's module on first access."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_ehrnet.deploy' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

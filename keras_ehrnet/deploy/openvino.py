@@ -2,10 +2,10 @@
 
     from keras_ehrnet.deploy.openvino import export_openvino
     export_openvino("model.onnx", "model_openvino.xml")      # fp32 weights, no compression
-    runner = keras_ehrnet.runtimes.load_runner("model_openvino.xml")
+    runner = keras_ehrnet.deploy.runtimes.load_runner("model_openvino.xml")
 
 OpenVINO is optional (`pip install openvino`, about 60 MB). Conversion reads our ONNX file
-(keras_ehrnet.export.onnx) rather than the SavedModel: one graph, already cleaned up for CPU
+(keras_ehrnet.deploy.onnx) rather than the SavedModel: one graph, already cleaned up for CPU
 runtimes. The runner compiles for the CPU with `INFERENCE_NUM_THREADS` and f32 inference
 precision (OpenVINO would otherwise pick bf16 on CPUs with AMX, and its outputs would drift
 from the model's by about 1e-2). It imports neither TensorFlow nor Keras.
@@ -19,13 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from keras_ehrnet.runtimes import (
-    OUTPUT_NAMES,
-    Runner,
-    RuntimeUnavailableError,
-    default_num_threads,
-    order_outputs,
-)
+from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
+from keras_ehrnet.deploy.runtimes import Runner, order_outputs
+from keras_ehrnet.models.scaling import OUTPUT_NAMES
+from keras_ehrnet.threads import available_cores
 
 METADATA_SECTION = "keras_ehrnet"
 
@@ -70,7 +67,7 @@ class OpenVINORunner(Runner):
     def __init__(self, path: Path, *, num_threads: int | None = None):
         ov = _openvino()
         self.path = Path(path)
-        self.num_threads = num_threads or default_num_threads()
+        self.num_threads = num_threads or available_cores()
         core = ov.Core()
         try:
             model = core.read_model(str(self.path))

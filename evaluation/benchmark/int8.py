@@ -157,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"  {row['tensor']} ({row['op']}): {row['rmse_over_scale']:.2f} quantisation steps RMSE"
                 )
             heads = sorted({r["tensor"] for r in worst if any(h in r["tensor"] for h in HEAD_LAYERS)})
-            variants = {
-                f"int8, heads float ({', '.join(HEAD_LAYERS)})": heads,
-                f"int8, {args.keep_float} worst layers float": [
-                    r["tensor"] for r in worst[: args.keep_float]
-                ],
-            }
+            worst_label = f"int8, {args.keep_float} worst layers float"
+            variants = {worst_label: [r["tensor"] for r in worst[: args.keep_float]]}
+            if heads:
+                variants = {f"int8, heads float ({', '.join(HEAD_LAYERS)})": heads, **variants}
+            else:  # output tensors are named after the signature's outputs, not after their layers
+                print(f"  no quantised tensor named after {HEAD_LAYERS}: the heads-in-float row is skipped")
             for k, (label, keep) in enumerate(variants.items()):
                 options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
                 debugger = tf.lite.experimental.QuantizationDebugger(

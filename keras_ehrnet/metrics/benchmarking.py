@@ -287,7 +287,8 @@ def prepare_runtime(
         from keras_ehrnet.models.folding import fold_batchnorm
 
         return keras_infer_fn(fold_batchnorm(model), input_size, batch=batch)
-    from keras_ehrnet.deploy.runtimes import RuntimeUnavailableError, load_runner
+    from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
+    from keras_ehrnet.deploy.runtimes import load_runner
 
     h, w = input_size
     out = export_artefact(model, runtime, input_size, workdir, calibration_images=calibration_images)
@@ -307,7 +308,7 @@ def export_artefact(model, runtime: str, input_size: tuple[int, int], workdir, *
     from pathlib import Path
 
     from keras_ehrnet.deploy import exporter as ex
-    from keras_ehrnet.deploy.runtimes import RuntimeUnavailableError
+    from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
 
     fmt, precision = RUNTIMES[runtime]
     h, w = input_size

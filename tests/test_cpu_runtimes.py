@@ -268,8 +268,8 @@ def test_runners_and_predictor_run_exported_files_without_tensorflow(tiny_and_pi
 def test_openvino_runner_matches_the_onnx_file(tiny_and_pixels, tmp_path):
     pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install openvino)")
     from keras_ehrnet.deploy.onnx import export_onnx
-    from keras_ehrnet.deploy.openvino import OpenVINORunner, export_openvino
-    from keras_ehrnet.deploy.runtimes import load_runner
+    from keras_ehrnet.deploy.openvino import export_openvino
+    from keras_ehrnet.deploy.runtimes import OpenVINORunner, load_runner
 
     tiny, pixels = tiny_and_pixels
     onnx_path = export_onnx(tiny, tmp_path / "tiny.onnx", (SIZE, SIZE))

@@ -349,6 +349,58 @@ class TensorRTRunner(Runner):
         return order_outputs(self._session.run(images))
 
 
+class OpenVINORunner(Runner):
+    """An OpenVINO IR (.xml) or ONNX file compiled for the CPU at `num_threads` threads, fp32."""
+
+    def __init__(self, path: Path, *, num_threads: int | None = None):
+        from keras_ehrnet.deploy.openvino import import_openvino
+
+        ov = import_openvino()
+        self.path = Path(path)
+        self.num_threads = num_threads or available_cores()
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+        except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
+            from keras_ehrnet.fileio import one_line
+
+            raise ValueError(f"{self.path} is not a valid OpenVINO/ONNX model: {one_line(err)}") from None
+        if len(model.inputs) != 1 or len(model.outputs) != 2:
+            raise ValueError(
+                f"{self.path} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                "expected 1 image batch and 2 (quarter, half)"
+            )
+        self.metadata = self._metadata(model)
+        self.name = "openvino"
+        shape = model.inputs[0].get_partial_shape()
+        h, w = shape[1], shape[2]
+        self.fixed_input_size = (h.get_length(), w.get_length()) if h.is_static and w.is_static else None
+        channels = [o.get_partial_shape()[-1] for o in model.outputs]
+        static = [c.get_length() for c in channels if c.is_static]
+        self.num_joints = min(static) if static else None
+        self._output_names = [o.get_any_name() for o in model.outputs]
+        config = {"INFERENCE_NUM_THREADS": self.num_threads, "INFERENCE_PRECISION_HINT": "f32"}
+        self._compiled = core.compile_model(model, "CPU", config)
+        self._request = self._compiled.create_infer_request()
+
+    @staticmethod
+    def _metadata(model: Any) -> dict:
+        from keras_ehrnet.deploy.openvino import METADATA_SECTION
+
+        try:
+            return json.loads(str(model.get_rt_info([METADATA_SECTION, "metadata"]).astype(str)))
+        except Exception:  # no keras_ehrnet section: an IR converted elsewhere, or an ONNX file
+            return {}
+
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        result = self._request.infer({0: images})
+        outs = [result[o] for o in self._compiled.outputs]
+        names = self._output_names
+        if all(n in names for n in OUTPUT_NAMES):
+            return tuple(np.asarray(outs[names.index(n)]) for n in OUTPUT_NAMES)
+        return order_outputs([np.asarray(o) for o in outs])
+
+
 def _is_savedmodel_dir(path: Path) -> bool:
     return (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
 
@@ -394,7 +446,5 @@ def load_runner(path_or_model: Any, *, num_threads: int | None = None) -> Runner
     if suffix in ENGINE_SUFFIXES:
         return TensorRTRunner(path, num_threads=num_threads)
     if suffix == ".xml":
-        from keras_ehrnet.deploy.openvino import OpenVINORunner
-
         return OpenVINORunner(path, num_threads=num_threads)
     raise ValueError(f"unknown model file {path}: expected {EXPECTED_KINDS}")

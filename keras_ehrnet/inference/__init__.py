@@ -1,0 +1,1 @@
+"""Inference: people in images, videos and streams, with identities over time."""

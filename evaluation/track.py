@@ -251,7 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", type=Path, help="track this model's people (.keras, SavedModel, .tflite, .onnx)"
     )
     p.add_argument("--input-size", help="the model's input: R or HxW (as evaluation.predict)")
-    p.add_argument("--height-scale", type=float, help="person size on screen (default 1; 0.6 with --model)")
+    p.add_argument(
+        "--height-scale",
+        type=float,
+        default=1.0,
+        help="person size on screen (1: the walkers about 2/3 of the height)",
+    )
     p.add_argument("--min-score", type=float, default=0.1, help="people scoring below are dropped")
     p.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=False, help="flip test (default off)"
@@ -281,7 +286,6 @@ def main(argv: list[str] | None = None) -> int:
         for path, flag in ((args.json, "--json"), (args.video, "--video")):
             if path is not None:
                 check_writable(path, what=flag)
-        height = args.height_scale or (0.6 if args.model else 1.0)
         cutouts = load_cutouts(ann, images)
         seq = make_sequence(
             cutouts, args.frames, render=args.model is not None or args.video is not None, height_scale=height

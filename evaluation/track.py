@@ -288,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                 check_writable(path, what=flag)
         cutouts = load_cutouts(ann, images)
         seq = make_sequence(
-            cutouts, args.frames, render=args.model is not None or args.video is not None, height_scale=height
+            cutouts,
+            args.frames,
+            render=args.model is not None or args.video is not None,
+            height_scale=args.height_scale,
         )
     except (FileNotFoundError, ValueError, DatasetError, ImageReadError, OutputPathError) as err:
         print(f"error: {err}", file=sys.stderr)

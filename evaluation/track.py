@@ -2,7 +2,7 @@
 
     python -m evaluation.track --ann coco-mini/annotations/person_keypoints_train2017.json \\
         --images coco-mini/train2017 --json track_gt.json                    # noisy ground-truth poses
-    python -m evaluation.track --model runs/quickstart/model.keras --input-size 256x256 --json track_model.json
+    python -m evaluation.track --model runs/quickstart/model.keras --input-size 256x256 --scene pan --json track_model.json
 
 The sequence (default: the sample images shipped with the package, or `--ann`/`--images`): real
 people cut from COCO images with their annotated keypoints, on a plain background, moving
@@ -11,7 +11,10 @@ comes in later and grows as it approaches (a new person must get a new id). Each
 ground-truth id. Without `--model` the tracker is fed the ground-truth poses with noise
 (`--noise`: keypoint jitter as a fraction of the person's height; `--drop-joint`: joints left
 out; `--miss`: people missed for a frame); with `--model` the frames are drawn and the model's
-people are tracked. A person matches a ground-truth person when their OKS is at least 0.5.
+people are tracked. `--scene pan` is instead one whole image (the one with the most people)
+under a slow camera zoom and pan, each annotated person with its id: a model that has learnt the
+sample's whole images (the quickstart's) is scored on it. A person matches a ground-truth person
+when their OKS is at least 0.5.
 Exit status 2 for bad options, data or model.
 """
 
@@ -162,6 +165,51 @@ def make_sequence(
     return SyntheticSequence(truth, drawn, size)
 
 
+def make_pan_sequence(
+    ann_file: str | Path, image_dir: str | Path, frames: int = 60, *, min_keypoints: int = 5
+) -> SyntheticSequence:
+    """One whole real image seen by a camera that slowly zooms in (×1 → ×1.15) and pans: the image
+    of `ann_file` with the most people having ≥ `min_keypoints` joints; ids in annotation order.
+
+    A model that has learnt these very images (the quickstart's) sees them as it was trained."""
+    import cv2
+
+    from keras_ehrnet.data.validate import load_annotation_json
+    from keras_ehrnet.oracle import person_keypoints
+    from keras_ehrnet.predictor import read_image
+
+    data = load_annotation_json(ann_file)
+    by_image: dict[int, list[dict]] = {}
+    for a in data.get("annotations", []):
+        if not a.get("iscrowd") and a.get("num_keypoints", 0) >= min_keypoints:
+            by_image.setdefault(a["image_id"], []).append(a)
+    if not by_image:
+        raise ValueError(f"{ann_file}: no person with ≥ {min_keypoints} keypoints")
+    info = max(data["images"], key=lambda i: (len(by_image.get(i["id"], [])), -i["id"]))
+    image = read_image(Path(image_dir) / info["file_name"], ignore_orientation=True)
+    people = person_keypoints(by_image[info["id"]])
+    h, w = image.shape[:2]
+    truth: list[list[tuple[int, np.ndarray]]] = []
+    drawn = []
+    for f in range(frames):
+        t = 0.5 - 0.5 * np.cos(np.pi * f / (frames - 1))
+        s = 1.0 + 0.15 * t
+        tx, ty = (1 - s) * w * (0.35 + 0.3 * t), (1 - s) * h * 0.5
+        affine = np.float64([[s, 0, tx], [0, s, ty]])
+        drawn.append(cv2.warpAffine(image, affine, (w, h), flags=cv2.INTER_LINEAR))
+        frame = []
+        for k, kp in enumerate(people):
+            moved = kp.copy()
+            moved[:, :2] = kp[:, :2] * s + (tx, ty)
+            inside = (moved[:, 0] >= 0) & (moved[:, 0] < w) & (moved[:, 1] >= 0) & (moved[:, 1] < h)
+            moved[:, 2] = np.where((kp[:, 2] > 0) & inside, kp[:, 2], 0)
+            moved[moved[:, 2] == 0, :2] = 0
+            if (moved[:, 2] > 0).sum() >= 3:
+                frame.append((k + 1, moved))
+        truth.append(frame)
+    return SyntheticSequence(truth, drawn, (h, w))
+
+
 def noisy_detections(
     truth: list[list[tuple[int, np.ndarray]]],
     *,
@@ -240,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=Path, help="their image folder (default: the package's sample)")
     p.add_argument("--frames", type=int, default=90, help="frames in the sequence (default 90)")
     p.add_argument(
+        "--scene",
+        choices=("crossing", "pan"),
+        default="crossing",
+        help="crossing: cut-out people walking, two crossing, one coming in (default); pan: one whole "
+        "image under a slow zoom and pan (the image with the most people)",
+    )
+    p.add_argument(
         "--seeds", type=int, default=3, help="noisy ground truth: runs with seeds 0..N-1 (default 3)"
     )
     p.add_argument("--noise", type=float, default=0.02, help="keypoint jitter × person height (default 0.02)")
@@ -287,11 +342,15 @@ def main(argv: list[str] | None = None) -> int:
             if path is not None:
                 check_writable(path, what=flag)
         cutouts = load_cutouts(ann, images)
-        seq = make_sequence(
-            cutouts,
-            args.frames,
-            render=args.model is not None or args.video is not None,
-            height_scale=args.height_scale,
+        seq = (
+            make_pan_sequence(ann, images, args.frames)
+            if args.scene == "pan"
+            else make_sequence(
+                cutouts,
+                args.frames,
+                render=args.model is not None or args.video is not None,
+                height_scale=args.height_scale,
+            )
         )
     except (FileNotFoundError, ValueError, DatasetError, ImageReadError, OutputPathError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -328,14 +387,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.video is not None:
         write_tracked_video(seq, shown, args.video)
     print(
-        f"synthetic sequence: {args.frames} frames of {seq.size[1]}x{seq.size[0]}, people from {ann}; {what}"
+        f"synthetic {args.scene} sequence: {args.frames} frames of {seq.size[1]}x{seq.size[0]}, people from {ann}; {what}"
     )
     print(format_table(rows))
     if args.json:
         payload = {
             "frames": args.frames,
             "annotations": str(ann),
-            "people": [c.source for c in cutouts],
+            "scene": args.scene,
+            "people": [c.source for c in cutouts] if args.scene == "crossing" else None,
             "what": what,
             "match_oks": MATCH_OKS,
             "runs": rows,

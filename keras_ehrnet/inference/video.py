@@ -72,6 +72,7 @@ class FrameSource:
     live: bool = False
     fps: float = DEFAULT_FPS
     total: int | None = None
+    frame_size: tuple[int, int] | None = None  # (height, width) when known before reading
 
     def __init__(self) -> None:
         self.index = -1
@@ -123,6 +124,11 @@ class CaptureSource(FrameSource):
         self.fps = float(fps) if fps and 0 < fps < 1000 else DEFAULT_FPS
         count = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         self.total = count if count > 0 and not self.live else None
+        h, w = (
+            int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0),
+            int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0),
+        )
+        self.frame_size = (h, w) if h > 0 and w > 0 else None
 
     def read(self) -> np.ndarray | None:
         ok, frame = self._cap.read()
@@ -509,7 +515,6 @@ class VideoSink:
         fps: float,
         *,
         draw_fn: Callable | None = None,
-        names: Sequence[str] | None = None,
     ):
         from keras_ehrnet.viz import draw_people
 
@@ -517,7 +522,6 @@ class VideoSink:
         self.video_path = Path(video) if video is not None else None
         self.fps_out = fps
         self.draw_fn = draw_fn or draw_people
-        self.names = names
         self.counter = FpsCounter()
         self.people = 0
         self._video: Any = None
@@ -582,7 +586,6 @@ def predict_video(
     out = Path(out_dir) if out_dir is not None else None
     jsonl = out / f"{stem}.jsonl" if out is not None else None
     video = out / f"{stem}.mp4" if out is not None and draw else None
-    sink = VideoSink(jsonl, video, src.fps / every, draw_fn=draw_fn, names=predictor.keypoint_names)
     stages, warm = predictor_stages(predictor, tracker), {"seconds": 0.0}
     network = stages[0]
 
@@ -591,6 +594,10 @@ def predict_video(
         network(item)
 
     with src:
+        # warm up before the first read where the frame size is known, so a live source does not
+        # drop the frames that arrive while the graph is traced
+        prewarm = predictor.warmup(src.frame_size) if src.frame_size else 0.0
+        sink = VideoSink(jsonl, video, src.fps / every, draw_fn=draw_fn)
         try:
             stats = run_pipeline(
                 src,
@@ -616,7 +623,7 @@ def predict_video(
         "dropped": stats.dropped,
         "corrupt": stats.corrupt,
         "seconds": stats.seconds,
-        "warmup_seconds": warm["seconds"],
+        "warmup_seconds": prewarm + warm["seconds"],
         "fps": stats.fps,
         "people": sink.people,
         "tracks": (tracker.next_id - 1) if tracker is not None else None,

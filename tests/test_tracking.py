@@ -107,3 +107,14 @@ def test_predictor_track_gives_ids_frame_by_frame():
 
     out = list(Predictor.track(Fake(), iter(frames)))
     assert [[p.track_id for p in people] for people in out] == [[1, 2]] * 4
+
+
+def test_eleven_people_close_together_keep_their_ids_under_a_panning_camera():
+    from evaluation.track import make_pan_sequence
+
+    seq = make_pan_sequence(*sample_dataset(), 30)
+    assert len(seq.truth[0]) >= 10 and len(seq.frames) == 30
+    assert {i for i, _ in seq.truth[-1]} <= {i for i, _ in seq.truth[0]}  # the zoom only loses people
+    tracker = Tracker()
+    tracked = [tracker.update(people) for people in noisy_detections(seq.truth, seed=1)]
+    assert score_tracks(seq.truth, tracked)["num_switches"] == 0

@@ -68,7 +68,7 @@ def load_cutouts(
 ) -> list[Cutout]:
     """The `count` largest non-crowd people with at least `min_keypoints` labelled joints, one per image."""
     from keras_ehrnet.data.validate import load_annotation_json
-    from keras_ehrnet.predictor import read_image
+    from keras_ehrnet.inference.images import read_image
 
     data = load_annotation_json(ann_file)
     files = {img["id"]: img["file_name"] for img in data.get("images", [])}
@@ -175,8 +175,8 @@ def make_pan_sequence(
     import cv2
 
     from keras_ehrnet.data.validate import load_annotation_json
-    from keras_ehrnet.oracle import person_keypoints
-    from keras_ehrnet.predictor import read_image
+    from keras_ehrnet.inference.images import read_image
+    from keras_ehrnet.inference.oracle import person_keypoints
 
     data = load_annotation_json(ann_file)
     by_image: dict[int, list[dict]] = {}
@@ -327,11 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from keras_ehrnet.data import sample_dataset
-    from keras_ehrnet.data.coco import DatasetError
+    from keras_ehrnet.errors import DatasetError
     from keras_ehrnet.fileio import OutputPathError, atomic_write_json, check_writable, one_line
+    from keras_ehrnet.inference.images import ImageReadError
     from keras_ehrnet.inference.tracking import Tracker
-    from keras_ehrnet.predictor import ImageReadError
-    from keras_ehrnet.transforms import parse_input_size
+    from keras_ehrnet.inference.transforms import parse_input_size
 
     ann, images = sample_dataset()
     ann, images = args.ann or ann, args.images or images
@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             f"people missed {args.miss}"
         )
     else:
-        from keras_ehrnet.predictor import Predictor
+        from keras_ehrnet.inference.predictor import Predictor
 
         try:
             size = parse_input_size(args.input_size) if args.input_size else None

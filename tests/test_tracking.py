@@ -7,9 +7,9 @@ import pytest
 
 from evaluation.track import load_cutouts, make_sequence, noisy_detections, score_tracks
 from keras_ehrnet.data import sample_dataset
-from keras_ehrnet.decoding import Person
+from keras_ehrnet.inference.decoding import Person
+from keras_ehrnet.inference.predictor import Predictor
 from keras_ehrnet.inference.tracking import Tracker, oks_matrix, sigmas_for
-from keras_ehrnet.predictor import Predictor
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from keras_ehrnet.inference.oracle import oracle_maps
+from keras_ehrnet.inference.predictor import Predictor
 from keras_ehrnet.inference.video import (
     FrameSource,
     JsonLinesWriter,
@@ -19,8 +21,6 @@ from keras_ehrnet.inference.video import (
     read_json_lines,
     run_pipeline,
 )
-from keras_ehrnet.oracle import oracle_maps
-from keras_ehrnet.predictor import Predictor
 
 SIZE = (240, 320)
 

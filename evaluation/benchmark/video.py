@@ -82,7 +82,7 @@ def _artefact(args: argparse.Namespace, work: Path, input_hw: tuple[int, int]) -
     import keras
 
     import keras_ehrnet
-    from keras_ehrnet.benchmarking import timing_weights
+    from keras_ehrnet.metrics.benchmarking import timing_weights
 
     if model_path is not None:
         model = keras.saving.load_model(model_path, compile=False)
@@ -92,10 +92,10 @@ def _artefact(args: argparse.Namespace, work: Path, input_hw: tuple[int, int]) -
     if args.runtime == "keras":
         return model
     if args.runtime == "onnx":
-        from keras_ehrnet.export.onnx import export_onnx
+        from keras_ehrnet.deploy.onnx import export_onnx
 
         return export_onnx(model, work / "model.onnx", input_hw)
-    from keras_ehrnet.export.tflite import export_tflite
+    from keras_ehrnet.deploy.tflite import export_tflite
 
     return export_tflite(model, work / "model.tflite", input_hw)
 
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     from keras_ehrnet.fileio import atomic_write_json
+    from keras_ehrnet.inference.predictor import Predictor
+    from keras_ehrnet.inference.transforms import make_test_plan
     from keras_ehrnet.inference.video import predict_video
-    from keras_ehrnet.predictor import Predictor
-    from keras_ehrnet.transforms import make_test_plan
 
     with tempfile.TemporaryDirectory(prefix="ehrnet-video-") as tmp:
         work = args.workdir or Path(tmp)

@@ -1,1 +1,2 @@
-"""Inference: people in images, videos and streams, with identities over time."""
+"""From outputs to people: decoding (NumPy and in-graph), the oracle, image transforms, the Predictor, drawing,
+video sources and pipeline, tracking."""

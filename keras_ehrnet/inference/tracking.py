@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from keras_ehrnet.data.dataset_info import BBOX_AREA_FACTOR, COCO
-from keras_ehrnet.decoding import Person
+from keras_ehrnet.inference.decoding import Person
+from keras_ehrnet.keypoints import BBOX_AREA_FACTOR, COCO
 
 DEFAULT_SIGMA = 0.0669  # per-joint OKS constant for keypoint sets other than COCO's (as evaluate.py)
 

@@ -155,7 +155,7 @@ class FolderSource(FrameSource):
     """The image files of a folder, sorted by name, as the frames of a video."""
 
     def __init__(self, folder: str | os.PathLike, *, fps: float = DEFAULT_FPS):
-        from keras_ehrnet.predictor import IMAGE_SUFFIXES
+        from keras_ehrnet.inference.images import IMAGE_SUFFIXES
 
         super().__init__()
         self.folder = Path(folder)
@@ -167,7 +167,7 @@ class FolderSource(FrameSource):
         self.name, self.fps, self.total = source_name(self.folder), float(fps), len(self.files)
 
     def read(self) -> np.ndarray | None:
-        from keras_ehrnet.predictor import ImageReadError, read_image
+        from keras_ehrnet.inference.images import ImageReadError, read_image
 
         if self.index + 1 >= len(self.files):
             return None
@@ -461,8 +461,8 @@ def _run_threaded(
 
 def predictor_stages(predictor: Any, tracker: Any = None) -> list[Stage]:
     """The model's two stages: the network (pre-processing included), then decoding (and tracking)."""
-    from keras_ehrnet.decoding import decode_outputs
-    from keras_ehrnet.predictor import to_rgb_uint8
+    from keras_ehrnet.inference.decoding import decode_outputs
+    from keras_ehrnet.inference.images import to_rgb_uint8
 
     def network(item: FrameItem) -> None:
         image = to_rgb_uint8(item.image, f"frame {item.index}")
@@ -516,7 +516,7 @@ class VideoSink:
         *,
         draw_fn: Callable | None = None,
     ):
-        from keras_ehrnet.viz import draw_people
+        from keras_ehrnet.inference.drawing import draw_people
 
         self.writer = JsonLinesWriter(jsonl) if jsonl is not None else None
         self.video_path = Path(video) if video is not None else None

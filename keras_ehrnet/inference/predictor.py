@@ -42,7 +42,9 @@ from keras_ehrnet.inference.images import (
     read_image,
     to_rgb_uint8,
 )
+from keras_ehrnet.inference.tracking import Tracker
 from keras_ehrnet.inference.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, make_test_plan, warp_image
+from keras_ehrnet.inference.video import predict_video
 from keras_ehrnet.keypoints import COCO_NAMES
 
 log = logging.getLogger("keras_ehrnet.inference.predictor")
@@ -256,8 +258,6 @@ class Predictor:
 
         `tracker`: a `keras_ehrnet.inference.tracking.Tracker` (default: a new one); ids stay
         while a person stays in view and survive a few missed frames."""
-        from keras_ehrnet.inference.tracking import Tracker
-
         tracker = tracker if tracker is not None else Tracker()
         for frame in frames:
             yield tracker.update(self.predict(frame))
@@ -386,8 +386,6 @@ def predict_files(
     file I/O and drawing left out; for videos end to end, reading to writing; the one-time
     warm-up per input size, in "warmup_seconds", is left out of both).
     """
-    from keras_ehrnet.inference.video import predict_video
-
     draw_fn = draw_fn or draw_people
     items, skipped = collect_inputs(inputs)
     out = Path(out_dir) if out_dir is not None else None

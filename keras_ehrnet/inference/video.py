@@ -38,6 +38,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from keras_ehrnet.inference.decoding import decode_outputs
+from keras_ehrnet.inference.drawing import draw_people
+from keras_ehrnet.inference.images import IMAGE_SUFFIXES, ImageReadError, read_image, to_rgb_uint8
+from keras_ehrnet.inference.tracking import Tracker
+
 log = logging.getLogger("keras_ehrnet.video")
 
 DEFAULT_FPS = 25.0
@@ -155,8 +160,6 @@ class FolderSource(FrameSource):
     """The image files of a folder, sorted by name, as the frames of a video."""
 
     def __init__(self, folder: str | os.PathLike, *, fps: float = DEFAULT_FPS):
-        from keras_ehrnet.inference.images import IMAGE_SUFFIXES
-
         super().__init__()
         self.folder = Path(folder)
         if not self.folder.is_dir():
@@ -167,8 +170,6 @@ class FolderSource(FrameSource):
         self.name, self.fps, self.total = source_name(self.folder), float(fps), len(self.files)
 
     def read(self) -> np.ndarray | None:
-        from keras_ehrnet.inference.images import ImageReadError, read_image
-
         if self.index + 1 >= len(self.files):
             return None
         self.index += 1
@@ -461,8 +462,6 @@ def _run_threaded(
 
 def predictor_stages(predictor: Any, tracker: Any = None) -> list[Stage]:
     """The model's two stages: the network (pre-processing included), then decoding (and tracking)."""
-    from keras_ehrnet.inference.decoding import decode_outputs
-    from keras_ehrnet.inference.images import to_rgb_uint8
 
     def network(item: FrameItem) -> None:
         image = to_rgb_uint8(item.image, f"frame {item.index}")
@@ -516,8 +515,6 @@ class VideoSink:
         *,
         draw_fn: Callable | None = None,
     ):
-        from keras_ehrnet.inference.drawing import draw_people
-
         self.writer = JsonLinesWriter(jsonl) if jsonl is not None else None
         self.video_path = Path(video) if video is not None else None
         self.fps_out = fps
@@ -577,8 +574,6 @@ def predict_video(
     skipped as corrupt, seconds, frames per second (end to end: reading to writing), and
     "note" when the source ended early. Raises SourceError when it cannot be opened.
     """
-    from keras_ehrnet.inference.tracking import Tracker
-
     if track and tracker is None:
         tracker = Tracker()
     src = source if isinstance(source, FrameSource) else open_source(source)

@@ -116,7 +116,7 @@ def test_make_dataset_returns_a_plain_dataset_without_strategy(tmp_path):
 def test_each_worker_builds_and_checks_only_its_share_of_the_records(tmp_path, monkeypatch):
     """Two workers' shards (CocoKeypoints(shard=…)) are disjoint, cover every image that can
     train, and each builds and checks about half of the records; through the pipeline they
-    give the same images as sharding the whole record list."""
+    give the same images, augmented alike, as sharding the whole record list."""
     from keras_ehrnet.data import coco, validate
 
     specs = []
@@ -159,6 +159,11 @@ def test_each_worker_builds_and_checks_only_its_share_of_the_records(tmp_path, m
         pre = [k for x, _ in build_dataset(ds, **kw) for k in _which(x)]
         late = [k for x, _ in build_dataset(whole, **kw) for k in _which(x)]
         assert pre == late and len(pre) == 5
+        # augmented: each image is drawn from its place in the file, not in the shard
+        kw = dict(input_size=64, batch_size=2, seed=3, shuffle=False, input_context=ctx)
+        pre = [x.numpy() for x, _ in build_dataset(ds, **kw)]
+        late = [x.numpy() for x, _ in build_dataset(whole, **kw)]
+        assert len(pre) == len(late) == 5 and all(np.array_equal(a, b) for a, b in zip(pre, late))
         other = tf.distribute.InputContext(
             num_input_pipelines=2, input_pipeline_id=1 - index, num_replicas_in_sync=2
         )

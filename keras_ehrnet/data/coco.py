@@ -354,6 +354,9 @@ class CocoKeypoints:
             log.warning("%s: %s", self.ann_file, self.skip_log.report())
         self.records: list[ImageRecord] = records
         self.image_ids = [r.image_id for r in self.records]
+        # each record's place among the file's trainable images, whatever the shard: it seeds
+        # the record's augmentation, so N workers augment an image as one process does
+        self.sample_keys = [self._positions[r.image_id] for r in records]
         if self.num_shards == 1:
             self.shard_size = len(records)
 
@@ -390,6 +393,8 @@ class CocoKeypoints:
             # Every worker sees the same list, so shards are disjoint, cover it and differ in
             # length by at most one; the pipeline reads `shard_size` images from each.
             self.shard_size = len(images) // self.num_shards
+        self._positions = {info["id"]: k for k, info in enumerate(images)}
+        if self.num_shards > 1:
             images = images[self.shard_index :: self.num_shards]
         bar = tqdm(
             images,

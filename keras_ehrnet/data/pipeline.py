@@ -89,7 +89,8 @@ def load_sample(
     h, w = record.height, record.width
     if params is None:
         if training:
-            rng = np.random.default_rng([seed, epoch, index])
+            keys = getattr(dataset, "sample_keys", None)  # the same for an image in any shard
+            rng = np.random.default_rng([seed, epoch, keys[index] if keys is not None else index])
             params = draw_params(augment, rng, w, h)
         else:
             params = AffineParams()

@@ -70,6 +70,25 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     return task_type == "worker" and task_id == 0 and not has_chief
 
 
+def input_pipeline(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """(this worker's input pipeline id, number of pipelines): (0, 1) on one machine; across
+    workers, one pipeline per worker, the chief first, as `distribute_datasets_from_function`
+    numbers them (so a worker can read its share of the data before training starts)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return 0, 1
+    spec = resolver.cluster_spec().as_dict()
+    chiefs, workers = len(spec.get("chief", [])), len(spec.get("worker", []))
+    if chiefs + workers <= 1:
+        return 0, 1
+    task_type, task_id = resolver.task_type, int(resolver.task_id)
+    if task_type == "chief":
+        return 0, chiefs + workers
+    if task_type == "worker":
+        return chiefs + task_id, chiefs + workers
+    raise ValueError(f"TF_CONFIG task type {task_type!r} takes no part in training; expected chief or worker")
+
+
 def write_dir(base: str | os.PathLike, strategy: tf.distribute.Strategy) -> Path:
     """Where this worker writes: `base` on the chief, a scratch folder inside it elsewhere
     (every worker must take part in saving a checkpoint; only the chief's copy is kept)."""

@@ -41,7 +41,7 @@ import tensorflow as tf
 from keras_ehrnet.fileio import atomic_save_model, check_writable, one_line, remove_stale_temporaries
 from keras_ehrnet.losses import EHRNetLoss
 from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig, resolve_num_joints
-from keras_ehrnet.train.distribute import is_chief, make_strategy, remove_scratch, write_dir
+from keras_ehrnet.train.distribute import input_pipeline, is_chief, make_strategy, remove_scratch, write_dir
 from keras_ehrnet.train.finetune import InitReport, freeze_backbone, load_initial_weights
 from keras_ehrnet.train.monitor import TrainMonitor, heatmap_panel
 from keras_ehrnet.train.optim import build_optimizer, decayed_variables
@@ -90,9 +90,13 @@ class TrainResult:
 
 
 class CocoTrainData:
-    """The training `DatasetFn` over a COCO-format keypoint file (keras_ehrnet.data)."""
+    """The training `DatasetFn` over a COCO-format keypoint file (keras_ehrnet.data).
 
-    def __init__(self, config: TrainConfig, global_batch: int):
+    `shard=(pipeline id, pipelines)` (several workers): only this worker's share of the
+    records is built and checked, and only this input pipeline can be made from it.
+    """
+
+    def __init__(self, config: TrainConfig, global_batch: int, shard: tuple[int, int] | None = None):
         from keras_ehrnet.data import CocoKeypoints
 
         d = config.data
@@ -115,8 +119,9 @@ class CocoTrainData:
             require_annotations=True,
             skip_invalid=d.skip_invalid,
             validate_images=d.validate_images,
+            shard=shard,
         )
-        self.num_examples = len(self.dataset)
+        self.num_examples = self.dataset.shard_size * self.dataset.num_shards
 
     def __call__(self, ctx: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
         from keras_ehrnet.data import AugmentConfig, build_dataset
@@ -136,6 +141,7 @@ class CocoTrainData:
             batch_size=self.global_batch,
             training=True,
             augment=augment,
+            shuffle=d.shuffle,
             seed=self.config.train.seed,
             epoch=epoch,
             epochs=1,
@@ -183,14 +189,6 @@ def coco_validation(config: TrainConfig) -> Callable[[keras.Model], dict]:
     return evaluate
 
 
-def _num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return max(1, sum(len(spec.get(kind, [])) for kind in ("chief", "worker")))
-
-
 @contextlib.contextmanager
 def _global_policy(name: str):
     previous = keras.mixed_precision.global_policy()
@@ -232,9 +230,10 @@ class Trainer:
         self.workdir = Path(config.train.workdir)
         self.write_dir = write_dir(self.workdir, self.strategy)
         self.num_replicas = self.strategy.num_replicas_in_sync
-        self.num_pipelines = _num_input_pipelines(self.strategy)
+        self.pipeline_id, self.num_pipelines = input_pipeline(self.strategy)
         self.global_batch = config.data.batch_size * self.num_replicas
-        self.dataset_fn = dataset_fn or CocoTrainData(config, self.global_batch)
+        shard = (self.pipeline_id, self.num_pipelines) if self.num_pipelines > 1 else None
+        self.dataset_fn = dataset_fn or CocoTrainData(config, self.global_batch, shard)
         if evaluate_fn is None and config.data.val_ann:
             evaluate_fn = coco_validation(config)
         self.evaluate_fn = evaluate_fn
@@ -276,7 +275,7 @@ class Trainer:
 
     def _count_steps(self) -> int:
         per_pipeline = self.num_replicas // self.num_pipelines
-        ctx = tf.distribute.InputContext(self.num_pipelines, 0, self.num_replicas)
+        ctx = tf.distribute.InputContext(self.num_pipelines, self.pipeline_id, self.num_replicas)
         batches = int(self.dataset_fn(ctx, 0).cardinality().numpy())
         if batches < 0:
             examples = getattr(self.dataset_fn, "num_examples", None)

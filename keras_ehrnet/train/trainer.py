@@ -451,6 +451,14 @@ class Trainer:
             except Exception as save_err:  # a full disk fails this too
                 note = f"; writing a checkpoint failed too ({one_line(save_err, 200)})"
         where = "reading the training data" if input_error else "training"
+        if self.num_pipelines > 1 and isinstance(
+            err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
+        ):
+            # a collective lost its peer: the error's own text says little more than "Graph execution error"
+            note += (
+                "; a worker of the cluster stopped or cannot be reached (TF_CONFIG): start every worker "
+                "again with --resume"
+            )
         saved = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
         resume = f"; continue with --resume --workdir {self.workdir}" if checkpoint else ""
         message = (
@@ -480,7 +488,7 @@ class Trainer:
             ) from None
         self._print(
             f"resumed {existing}: epoch {int(self._state['epoch'])}, step {int(self._state['step_in_epoch'])} "
-            f"of {self.steps_per_epoch}, optimizer step {int(self._inner_optimizer.iterations)}"
+            f"of {self.steps_per_epoch}, optimizer step {int(self._inner_optimizer.iterations.numpy())}"
         )
         return existing
 

@@ -450,15 +450,17 @@ class Trainer:
                 checkpoint = self._save(epoch, step_in_epoch, global_step)
             except Exception as save_err:  # a full disk fails this too
                 note = f"; writing a checkpoint failed too ({one_line(save_err, 200)})"
-        where = "reading the training data" if input_error else "training"
-        if self.num_pipelines > 1 and isinstance(
+        # A collective that lost its peer (raised by the step or, as often, by the distributed
+        # iterator) is no data error; its own text may say no more than "Graph execution error".
+        peer_lost = self.num_pipelines > 1 and isinstance(
             err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
-        ):
-            # a collective lost its peer: the error's own text says little more than "Graph execution error"
+        )
+        if peer_lost:
+            input_error = False
             note += (
-                "; a worker of the cluster stopped or cannot be reached (TF_CONFIG): start every worker "
-                "again with --resume"
+                "; a worker of the cluster stopped or cannot be reached (TF_CONFIG): start every worker again"
             )
+        where = "reading the training data" if input_error else "training"
         saved = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
         resume = f"; continue with --resume --workdir {self.workdir}" if checkpoint else ""
         message = (

@@ -279,3 +279,31 @@ def test_a_worker_killed_mid_run_resumes_from_the_last_checkpoint(straight, tmp_
     resumed_model = keras.saving.load_model(workdir / "final.keras")
     for a, b in zip(straight_model.weights, resumed_model.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-5, err_msg=a.path)
+
+
+def test_input_pipelines_are_numbered_as_tensorflow_numbers_workers():
+    """Each worker builds its shard before training starts, so its pipeline id must be the one
+    `distribute_datasets_from_function` will give it: TensorFlow's id in the cluster."""
+    from tensorflow.python.distribute import multi_worker_util
+
+    from keras_ehrnet.train.distribute import input_pipeline
+
+    SimpleClusterResolver = tf.distribute.cluster_resolver.SimpleClusterResolver  # noqa: N806
+
+    class Strategy:
+        def __init__(self, resolver):
+            self.cluster_resolver = resolver
+
+    for cluster in ({"chief": ["a:1"], "worker": ["b:1", "c:1"]}, {"worker": ["a:1", "b:1", "c:1"]}):
+        spec = tf.train.ClusterSpec(cluster)
+        tasks = [(kind, i) for kind in ("chief", "worker") for i in range(len(cluster.get(kind, [])))]
+        ids = []
+        for kind, i in tasks:
+            pipeline = input_pipeline(Strategy(SimpleClusterResolver(spec, task_type=kind, task_id=i)))
+            assert pipeline == (multi_worker_util.id_in_cluster(spec.as_dict(), kind, i), 3)
+            ids.append(pipeline[0])
+        assert sorted(ids) == [0, 1, 2]
+    evaluator = SimpleClusterResolver(tf.train.ClusterSpec({"worker": ["a:1", "b:1"]}), task_type="evaluator")
+    with pytest.raises(ValueError, match="evaluator"):
+        input_pipeline(Strategy(evaluator))
+    assert input_pipeline(tf.distribute.get_strategy()) == (0, 1)

@@ -81,11 +81,11 @@ def input_pipeline(strategy: tf.distribute.Strategy) -> tuple[int, int]:
     chiefs, workers = len(spec.get("chief", [])), len(spec.get("worker", []))
     if chiefs + workers <= 1:
         return 0, 1
-    task_type, task_id = resolver.task_type, int(resolver.task_id)
+    task_type = resolver.task_type
     if task_type == "chief":
         return 0, chiefs + workers
     if task_type == "worker":
-        return chiefs + task_id, chiefs + workers
+        return chiefs + int(resolver.task_id), chiefs + workers
     raise ValueError(f"TF_CONFIG task type {task_type!r} takes no part in training; expected chief or worker")
 
 

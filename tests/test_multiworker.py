@@ -305,5 +305,20 @@ def test_input_pipelines_are_numbered_as_tensorflow_numbers_workers():
         assert sorted(ids) == [0, 1, 2]
     evaluator = SimpleClusterResolver(tf.train.ClusterSpec({"worker": ["a:1", "b:1"]}), task_type="evaluator")
     with pytest.raises(ValueError, match="evaluator"):
-        input_pipeline(Strategy(evaluator))
+        input_pipeline(Strategy(evaluator))  # a ConfigError
     assert input_pipeline(tf.distribute.get_strategy()) == (0, 1)
+
+
+def test_a_bad_tf_config_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from keras_ehrnet.train import ConfigError, make_strategy
+    from training.__main__ import main
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="needs TF_CONFIG"):
+        make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1", ')
+    ann, images = sample_dataset()
+    argv = ["--train-ann", str(ann), "--train-images", str(images), "--workdir", str(tmp_path / "run")]
+    assert main([*argv, "--input-size", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: TF_CONFIG is not valid JSON"), err

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from keras_ehrnet.train.config import ConfigError
+
 
 def _tf_config_tasks() -> int:
     """Number of tasks (chief + workers) in TF_CONFIG's cluster, 0 when unset."""
@@ -18,7 +20,7 @@ def _tf_config_tasks() -> int:
     try:
         cluster = json.loads(raw).get("cluster", {})
     except (json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from None
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {err}") from None
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
@@ -36,8 +38,11 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if name == "multi_worker":
         # Before anything else touches the TF runtime: collectives are configured at start-up.
         if _tf_config_tasks() == 0:
-            raise ValueError("strategy 'multi_worker' needs TF_CONFIG describing the cluster")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+            raise ConfigError("strategy 'multi_worker' needs TF_CONFIG describing the cluster")
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, KeyError) as err:  # a task missing from its cluster, a bad address …
+            raise ConfigError(f"TF_CONFIG: {err}") from None
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         if len(gpus) > 1:
@@ -86,7 +91,9 @@ def input_pipeline(strategy: tf.distribute.Strategy) -> tuple[int, int]:
         return 0, chiefs + workers
     if task_type == "worker":
         return chiefs + int(resolver.task_id), chiefs + workers
-    raise ValueError(f"TF_CONFIG task type {task_type!r} takes no part in training; expected chief or worker")
+    raise ConfigError(
+        f"TF_CONFIG task type {task_type!r} takes no part in training; expected chief or worker"
+    )
 
 
 def write_dir(base: str | os.PathLike, strategy: tf.distribute.Strategy) -> Path:

@@ -50,7 +50,12 @@ def worker(spec: str) -> None:
         import keras_ehrnet.model as model_module
     from training.__main__ import main
 
-    model_module.build_model = lambda level, num_joints, **kw: tiny_model(num_joints, conv_bias=False)
+    def tiny(level, num_joints, **kwargs):
+        return tiny_model(num_joints, conv_bias=False)
+
+    for module in (model_module, trainer_module):  # the trainer may hold its own reference
+        if hasattr(module, "build_model"):
+            module.build_model = tiny
     wrote = {"checkpoints": [], "models": [], "scratch": []}
     save, save_model, remove = (
         trainer_module.Trainer._save,

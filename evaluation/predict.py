@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from keras_ehrnet.transforms import parse_input_size
+from keras_ehrnet.inference.transforms import parse_input_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,10 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from keras_ehrnet.data.coco import DatasetError, flip_index_from_pairs, keypoint_set, parse_flip_pairs
+    from keras_ehrnet.data.coco import keypoint_set
+    from keras_ehrnet.errors import DatasetError
     from keras_ehrnet.fileio import OutputPathError, atomic_write_json, check_writable
-    from keras_ehrnet.predictor import Predictor, as_runner, predict_files
-    from keras_ehrnet.viz import draw_people
+    from keras_ehrnet.inference.drawing import draw_people
+    from keras_ehrnet.inference.predictor import Predictor, as_runner, predict_files
+    from keras_ehrnet.keypoints import flip_index_from_pairs, parse_flip_pairs
 
     names = skeleton = flip_index = None
     try:

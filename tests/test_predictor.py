@@ -6,11 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_ehrnet.decoding import COCO_FLIP_INDEX
-from keras_ehrnet.oracle import mirror_keypoints, oracle_maps, synthetic_crowd
-from keras_ehrnet.predictor import ImageReadError, Predictor, predict_files, read_image, to_rgb_uint8
-from keras_ehrnet.transforms import apply_affine, make_test_plan
-from keras_ehrnet.viz import draw_people
+from keras_ehrnet.inference.drawing import draw_people
+from keras_ehrnet.inference.images import ImageReadError, read_image, to_rgb_uint8
+from keras_ehrnet.inference.oracle import mirror_keypoints, oracle_maps, synthetic_crowd
+from keras_ehrnet.inference.predictor import Predictor, predict_files
+from keras_ehrnet.inference.transforms import apply_affine, make_test_plan
+from keras_ehrnet.keypoints import COCO_FLIP_INDEX
 
 IMAGE_SIZE = (240, 320)
 
@@ -129,7 +130,7 @@ def test_a_fixed_input_size_letterboxes_a_model_that_takes_any_size():
 def test_input_size_on_the_command_line():
     import argparse
 
-    from keras_ehrnet.transforms import parse_input_size
+    from keras_ehrnet.inference.transforms import parse_input_size
 
     assert parse_input_size("384") == 384
     assert parse_input_size("192X288") == (192, 288)

@@ -10,17 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from keras_ehrnet.data.augment import AffineParams, AugmentConfig
-from keras_ehrnet.data.coco import (
-    CocoKeypoints,
-    DatasetError,
-    ImageError,
-    ImageRecord,
-    SkipLog,
-    infer_flip_index,
-    load_image,
-)
+from keras_ehrnet.data.coco import CocoKeypoints, ImageRecord, SkipLog, load_image
 from keras_ehrnet.data.pipeline import Sample, build_dataset, load_sample, make_dataset
 from keras_ehrnet.data.targets import gaussian_heatmaps
+from keras_ehrnet.errors import DatasetError, ImageError
+from keras_ehrnet.keypoints import infer_flip_index
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 

@@ -5,7 +5,6 @@ config = load_config("training/configs/H-4.yaml", ["data.train_ann=ann.json", "d
 result = train(config)  # or Trainer(config, strategy=..., dataset_fn=...).fit()
 """
 
-from keras_ehrnet.train.benchmark import measure_throughput, overfit, plot_ap_curves, plot_losses
 from keras_ehrnet.train.config import (
     CheckpointConfig,
     ConfigError,
@@ -25,6 +24,7 @@ from keras_ehrnet.train.distribute import is_chief, make_strategy
 from keras_ehrnet.train.finetune import InitReport, backbone_layers, freeze_backbone, load_initial_weights
 from keras_ehrnet.train.monitor import TrainMonitor, heatmap_panel
 from keras_ehrnet.train.optim import build_optimizer, decayed_variables, make_schedule
+from keras_ehrnet.train.overfit import overfit, plot_ap_curves, plot_losses
 from keras_ehrnet.train.schedules import StepDecayWarmup
 from keras_ehrnet.train.trainer import (
     CocoTrainData,
@@ -70,7 +70,6 @@ __all__ = [
     "load_initial_weights",
     "make_schedule",
     "make_strategy",
-    "measure_throughput",
     "overfit",
     "plot_ap_curves",
     "plot_losses",

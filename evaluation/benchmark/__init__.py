@@ -5,6 +5,7 @@ Each subcommand lives in its own module of this package and exposes `main(argv)`
 
 SUBCOMMANDS = {
     "data": "Images per second through the tf.data training pipeline.",
+    "data-scale": "Time to the first batch and peak memory per worker on a COCO-sized file.",
     "decode": "Decode (grouping) time per image, side by side with the reference grouping.",
     "train": "Training images per second per level.",
     "latency": "Model latency per level and runtime.",

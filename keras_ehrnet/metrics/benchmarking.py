@@ -281,7 +281,8 @@ def prepare_runtime(
 
         return keras_infer_fn(fold_batchnorm(model), input_size, batch=batch)
     from keras_ehrnet.deploy import exporter as ex
-    from keras_ehrnet.deploy.runtimes import RuntimeUnavailableError, load_runner
+    from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
+    from keras_ehrnet.deploy.runtimes import load_runner
 
     fmt, precision = RUNTIMES[runtime]
     h, w = input_size

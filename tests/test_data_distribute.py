@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import ROOT
 from synthetic_coco import person, write_dataset
@@ -57,6 +58,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import numpy as np
+import pytest
 from keras_ehrnet.data import make_dataset
 from keras_ehrnet.data.augment import AugmentConfig
 
@@ -109,3 +111,63 @@ def test_mirrored_strategy_gives_each_replica_its_part_of_the_global_batch(tmp_p
 def test_make_dataset_returns_a_plain_dataset_without_strategy(tmp_path):
     ann, images = _numbered_dataset(tmp_path, 2)
     assert isinstance(make_dataset(ann, images, input_size=64, batch_size=2), tf.data.Dataset)
+
+
+def test_each_worker_builds_and_checks_only_its_share_of_the_records(tmp_path, monkeypatch):
+    """Two workers' shards (CocoKeypoints(shard=…)) are disjoint, cover every image that can
+    train, and each builds and checks about half of the records; through the pipeline they
+    give the same images, augmented alike, as sharding the whole record list."""
+    from keras_ehrnet.data import coco, validate
+
+    specs = []
+    for k in range(11):
+        pixels = np.full((96, 128, 3), 20 * (k + 1), np.uint8)
+        people = [] if k == 4 else [person({0: (64, 48)}, 17)]  # image 4 has nobody: never a record
+        specs.append({"size": (128, 96), "people": people, "pixels": pixels})
+    ann, images = write_dataset(tmp_path, specs)
+    listed = [i["id"] for i in json.loads(ann.read_text())["images"]]
+    trainable = set(listed) - {listed[4]}
+    built, checked = [], []
+    record = coco.CocoKeypoints._record
+    monkeypatch.setattr(
+        coco.CocoKeypoints, "_record", lambda self, info: built.append(info["id"]) or record(self, info)
+    )
+    check = validate.check_images
+    for module in (validate, coco):  # coco holds its own reference
+        monkeypatch.setattr(
+            module,
+            "check_images",
+            lambda items, *a, **k: check([checked.append(i[0]) or i for i in items], *a, **k),
+            raising=False,
+        )
+
+    shards = []
+    for index in range(2):
+        built.clear(), checked.clear()
+        ds = CocoKeypoints(ann, images, shard=(index, 2))
+        assert sorted(built) == sorted(checked) == sorted(ds.image_ids)  # built and checked: its share only
+        assert len(built) == 5  # 10 trainable images over 2 workers, not all 11 listed
+        assert ds.shard_size == 5 and (ds.shard_index, ds.num_shards) == (index, 2)
+        shards.append(ds)
+    a, b = (set(s.image_ids) for s in shards)
+    assert not a & b and a | b == trainable
+
+    whole = CocoKeypoints(ann, images)
+    for index, ds in enumerate(shards):
+        ctx = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=index, num_replicas_in_sync=2
+        )
+        kw = dict(input_size=64, batch_size=2, training=False, input_context=ctx)
+        pre = [k for x, _ in build_dataset(ds, **kw) for k in _which(x)]
+        late = [k for x, _ in build_dataset(whole, **kw) for k in _which(x)]
+        assert pre == late and len(pre) == 5
+        # augmented: each image is drawn from its place in the file, not in the shard
+        kw = dict(input_size=64, batch_size=2, seed=3, shuffle=False, input_context=ctx)
+        pre = [x.numpy() for x, _ in build_dataset(ds, **kw)]
+        late = [x.numpy() for x, _ in build_dataset(whole, **kw)]
+        assert len(pre) == len(late) == 5 and all(np.array_equal(a, b) for a, b in zip(pre, late))
+        other = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=1 - index, num_replicas_in_sync=2
+        )
+        with pytest.raises(ValueError, match=f"shard {index} of 2"):
+            build_dataset(ds, input_size=64, batch_size=2, training=False, input_context=other)

@@ -6,6 +6,10 @@ the package, those inside functions included, without importing anything.
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
+
 import grimp
 import pytest
 from conftest import ROOT
@@ -58,6 +62,26 @@ def test_the_graph_sees_the_wings(graph):
     assert "keras_ehrnet.deploy.runtimes" in graph.find_modules_directly_imported_by(
         "keras_ehrnet.inference.predictor"
     )
+
+
+def test_every_name_the_library_imports_from_itself_exists():
+    """Imports inside functions run late: a name moved away fails only when that path runs."""
+    missing = []
+    for path in sorted((ROOT / LIBRARY).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.level == 0
+                and (node.module or "").startswith(LIBRARY)
+            ):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if (
+                        not hasattr(module, alias.name)
+                        and importlib.util.find_spec(f"{node.module}.{alias.name}") is None
+                    ):
+                        missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}")
+    assert not missing, "\n".join(missing)
 
 
 def test_package_root_is_small():

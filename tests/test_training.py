@@ -45,18 +45,21 @@ REFERENCE_CONFIGS = Path(os.environ.get("EHRNET_REFERENCE", "EfficientHRNet")) /
 
 
 # ---------------------------------------------------------------------------- helpers
-def tiny_model(num_joints: int = J) -> keras.Model:
-    """EfficientHRNet's interface in a few layers: [R/4 heatmaps+tags, R/2 heatmaps], float32."""
+def tiny_model(num_joints: int = J, conv_bias: bool = True) -> keras.Model:
+    """EfficientHRNet's interface in a few layers: [R/4 heatmaps+tags, R/2 heatmaps], float32.
+
+    conv_bias=False leaves out the biases of the convolutions that feed BatchNorm (as
+    EfficientHRNet's own): their gradient is zero but for rounding, which Adam scales up."""
     layers = keras.layers
     inputs = keras.Input((None, None, 3))
     x = layers.Rescaling(1 / 255.0)(inputs)
-    x = layers.Conv2D(8, 3, strides=2, padding="same", name="stem_conv")(x)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=conv_bias, name="stem_conv")(x)
     x = layers.ReLU()(layers.BatchNormalization(name="stem_bn")(x))
-    x = layers.Conv2D(8, 3, strides=2, padding="same", name="block1_conv")(x)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", use_bias=conv_bias, name="block1_conv")(x)
     features = layers.ReLU()(layers.BatchNormalization(name="block1_bn")(x))
     quarter = layers.Conv2D(2 * num_joints, 1, name="final_quarter")(features)
     x = layers.Concatenate()([features, quarter])
-    x = layers.Conv2DTranspose(8, 4, strides=2, padding="same", name="deconv_conv")(x)
+    x = layers.Conv2DTranspose(8, 4, strides=2, padding="same", use_bias=conv_bias, name="deconv_conv")(x)
     half = layers.Conv2D(num_joints, 1, name="final_half")(layers.BatchNormalization(name="deconv_bn")(x))
     quarter = layers.Activation("linear", dtype="float32")(quarter)
     half = layers.Activation("linear", dtype="float32")(half)

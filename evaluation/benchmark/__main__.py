@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nerror: unknown subcommand {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
-    module = importlib.import_module(f"evaluation.benchmark.{argv[0]}")
+    module = importlib.import_module(f"evaluation.benchmark.{argv[0].replace('-', '_')}")
     return int(module.main(argv[1:]) or 0)
 
 

@@ -175,6 +175,10 @@ class CocoKeypoints:
             "header" (exists, size as the JSON says, not cut short), "full" (also decoded) or
             "off" (see `keras_ehrnet.data.validate`). Annotations are always checked.
         progress: show a progress bar over long passes.
+        shard: `(index, count)`: keep only every count-th image (from `index`) of those
+            that can train, *before* building their records and checking their files, so
+            each of `count` workers (input pipelines) reads its own share of a large file.
+            `shard_size` is then the length every shard is cut or wrapped to.
     """
 
     def __init__(
@@ -190,7 +194,12 @@ class CocoKeypoints:
         skip_log: SkipLog | None = None,
         validate_images: str = "header",
         progress: bool = True,
+        shard: tuple[int, int] | None = None,
     ) -> None:
+        self.shard_index, self.num_shards = shard if shard is not None else (0, 1)
+        if not (self.num_shards >= 1 and 0 <= self.shard_index < self.num_shards):
+            raise ValueError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
         self.skip_log = skip_log if skip_log is not None else SkipLog()
@@ -232,6 +241,11 @@ class CocoKeypoints:
             log.warning("%s: %s", self.ann_file, self.skip_log.report())
         self.records: list[ImageRecord] = records
         self.image_ids = [r.image_id for r in self.records]
+        # each record's place among the file's trainable images, whatever the shard: it seeds
+        # the record's augmentation, so N workers augment an image as one process does
+        self.sample_keys = [self._positions[r.image_id] for r in records]
+        if self.num_shards == 1:
+            self.shard_size = len(records)
 
     @property
     def flip_pairs(self) -> list[tuple[int, int]]:
@@ -255,6 +269,20 @@ class CocoKeypoints:
     def _read_records(self, require_annotations: bool, skip_invalid: bool) -> list[ImageRecord]:
         records = []
         images = self.coco.dataset["images"]
+        if require_annotations:  # cheap, from the index: only images with people become records
+            cats = set(self.category_ids)
+            images = [
+                i
+                for i in images
+                if any(a["category_id"] in cats for a in self.coco.imgToAnns.get(i["id"], ()))
+            ]
+        if self.num_shards > 1:
+            # Every worker sees the same list, so shards are disjoint, cover it and differ in
+            # length by at most one; the pipeline reads `shard_size` images from each.
+            self.shard_size = len(images) // self.num_shards
+        self._positions = {info["id"]: k for k, info in enumerate(images)}
+        if self.num_shards > 1:
+            images = images[self.shard_index :: self.num_shards]
         bar = tqdm(
             images,
             desc="annotations",

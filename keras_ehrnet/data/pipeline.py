@@ -89,7 +89,8 @@ def load_sample(
     h, w = record.height, record.width
     if params is None:
         if training:
-            rng = np.random.default_rng([seed, epoch, index])
+            keys = getattr(dataset, "sample_keys", None)  # the same for an image in any shard
+            rng = np.random.default_rng([seed, epoch, keys[index] if keys is not None else index])
             params = draw_params(augment, rng, w, h)
         else:
             params = AffineParams()
@@ -234,10 +235,22 @@ def build_dataset(
     if input_context is not None:
         shards, shard = input_context.num_input_pipelines, input_context.input_pipeline_id
         per_replica = input_context.get_per_replica_batch_size(batch_size)
-    indices = np.arange(len(dataset), dtype=np.int64)[shard::shards]
-    length = len(dataset) // shards if shards > 1 else len(indices)
+    pre_sharded = getattr(dataset, "num_shards", 1) > 1
+    if pre_sharded:  # CocoKeypoints(shard=…) read only this pipeline's share of the file
+        if (dataset.shard_index, dataset.num_shards) != (shard, shards):
+            raise ValueError(
+                f"{dataset.ann_file}: the dataset holds shard {dataset.shard_index} of {dataset.num_shards}, "
+                f"but this is input pipeline {shard} of {shards}"
+            )
+        length = dataset.shard_size
+        # every pipeline reads `length` images; a shard that lost some as invalid repeats a few
+        indices = np.resize(np.arange(len(dataset), dtype=np.int64), max(length, len(dataset)))
+    else:
+        indices = np.arange(len(dataset), dtype=np.int64)[shard::shards]
+        length = len(dataset) // shards if shards > 1 else len(indices)
     if length == 0:
-        raise DatasetError(f"{dataset.ann_file}: {len(dataset)} images cannot feed {shards} input pipelines")
+        total = dataset.shard_size * shards if pre_sharded else len(dataset)
+        raise DatasetError(f"{dataset.ann_file}: {total} images cannot feed {shards} input pipelines")
 
     def order(e):
         return _pass_order(indices, int(e), seed=seed, shuffle=shuffle, length=length)
@@ -363,20 +376,29 @@ def make_dataset(
         validate_images: the image check before the first batch ("header", "full" or "off";
             see `keras_ehrnet.data.validate`); annotations are always checked.
         batch_size: the global batch; with an input context or strategy each replica gets
-            batch_size / replicas, and each input pipeline reads its own shard of the images.
+            batch_size / replicas, and each input pipeline reads its own shard of the images
+            (with several pipelines, only its shard's records are built and checked).
         strategy: return `strategy.distribute_datasets_from_function(...)` (a distributed
             dataset Keras `fit` accepts) instead of a tf.data.Dataset.
     """
-    dataset = CocoKeypoints(
-        ann_file,
-        image_dir,
-        flip_pairs=flip_pairs,
-        num_joints=num_joints,
-        require_annotations=training,
-        skip_invalid=skip_invalid,
-        skip_log=skip_log,
-        validate_images=validate_images,
-    )
+
+    def read(ctx: tf.distribute.InputContext | None) -> CocoKeypoints:
+        # Several input pipelines (workers): each reads only its share of the records.
+        shard = None
+        if ctx is not None and ctx.num_input_pipelines > 1:
+            shard = (ctx.input_pipeline_id, ctx.num_input_pipelines)
+        return CocoKeypoints(
+            ann_file,
+            image_dir,
+            flip_pairs=flip_pairs,
+            num_joints=num_joints,
+            require_annotations=training,
+            skip_invalid=skip_invalid,
+            skip_log=skip_log,
+            validate_images=validate_images,
+            shard=shard,
+        )
+
     kwargs = dict(
         input_size=input_size,
         batch_size=batch_size,
@@ -399,6 +421,6 @@ def make_dataset(
         if input_context is not None:
             raise ValueError("pass either strategy or input_context, not both")
         return strategy.distribute_datasets_from_function(
-            lambda ctx: build_dataset(dataset, input_context=ctx, **kwargs)
+            lambda ctx: build_dataset(read(ctx), input_context=ctx, **kwargs)
         )
-    return build_dataset(dataset, input_context=input_context, **kwargs)
+    return build_dataset(read(input_context), input_context=input_context, **kwargs)

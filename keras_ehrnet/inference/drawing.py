@@ -20,18 +20,20 @@ def person_color(index: int) -> tuple[int, int, int]:
     return int(r), int(g), int(b)
 
 
-def _as_arrays(person: Any) -> tuple[np.ndarray, float, Sequence[float] | None]:
+def _as_arrays(person: Any) -> tuple[np.ndarray, float, Sequence[float] | None, int | None]:
     if isinstance(person, dict):
         return (
             np.asarray(person["keypoints"], dtype=np.float64),
             float(person.get("score", 1.0)),
             person.get("box"),
+            person.get("track_id"),
         )
     kp = getattr(person, "keypoints", person)
     return (
         np.asarray(kp, dtype=np.float64),
         float(getattr(person, "score", 1.0)),
         getattr(person, "box", None),
+        getattr(person, "track_id", None),
     )
 
 
@@ -48,6 +50,7 @@ def draw_people(
     """A copy of `image` (RGB uint8 [H, W, 3]) with each person's joints, limbs and box drawn.
 
     `people`: `Person` objects, dicts with "keypoints" ([J, 3] x, y, score) or [J, 3] arrays.
+    A person with a `track_id` (tracked video) is coloured by it and labelled "#id score".
     `skeleton`: limbs as 0-based joint pairs (default COCO's for 17 joints, none otherwise).
     Joints scoring at most `keypoint_threshold` and people below `min_score` are not drawn.
     """
@@ -55,14 +58,14 @@ def draw_people(
     h, w = canvas.shape[:2]
     t = thickness or max(1, int(round(max(h, w) / 400)))
     for index, person in enumerate(people):
-        kp, score, box = _as_arrays(person)
+        kp, score, box, track_id = _as_arrays(person)
         if kp.ndim != 2 or kp.shape[1] < 2:
             raise ValueError(f"person {index}: keypoints must be [J, 3], got shape {kp.shape}")
         if score < min_score:
             continue
         limbs = skeleton if skeleton is not None else (COCO_SKELETON if kp.shape[0] == 17 else ())
         visible = kp[:, 2] > keypoint_threshold if kp.shape[1] > 2 else np.ones(len(kp), bool)
-        color = person_color(index)
+        color = person_color(index if track_id is None else int(track_id))
         pts = np.round(kp[:, :2]).astype(np.int64)
         for a, b in limbs:
             if a < len(kp) and b < len(kp) and visible[a] and visible[b]:
@@ -75,7 +78,7 @@ def draw_people(
             cv2.rectangle(canvas, (x0, y0), (x1, y1), color, max(1, t // 2))
             cv2.putText(
                 canvas,
-                f"{score:.2f}",
+                f"{score:.2f}" if track_id is None else f"#{track_id} {score:.2f}",
                 (x0, max(0, y0 - 3)),
                 cv2.FONT_HERSHEY_SIMPLEX,
                 0.4 * t,

@@ -6,19 +6,18 @@
 The same pre-processing (`keras_ehrnet.inference.transforms`) and decoding
 (`keras_ehrnet.inference.decoding`) run whatever executes the network, so an exported
 artefact is measured exactly like the original model. Also here: reading
-images with clear errors, and the image/folder/video loop behind
-`python -m evaluation.predict`.
+images with clear errors, and the image/folder loop behind `python -m evaluation.predict`
+(videos: `keras_ehrnet.inference.video`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,9 @@ from keras_ehrnet.inference.images import (
     read_image,
     to_rgb_uint8,
 )
+from keras_ehrnet.inference.tracking import Tracker
 from keras_ehrnet.inference.transforms import DEFAULT_SIZE_MULTIPLE, TestPlan, make_test_plan, warp_image
+from keras_ehrnet.inference.video import predict_video
 from keras_ehrnet.keypoints import COCO_NAMES
 
 log = logging.getLogger("keras_ehrnet.inference.predictor")
@@ -252,6 +253,15 @@ class Predictor:
         Floats in 0..1 are scaled by 255; see `to_rgb_uint8` for the values accepted."""
         return self.predict_result(image).people(self.min_score)
 
+    def track(self, frames: Iterable[np.ndarray], tracker: Any = None) -> Iterator[list]:
+        """People with a `track_id` for each of `frames` (RGB images, in order), frame by frame.
+
+        `tracker`: a `keras_ehrnet.inference.tracking.Tracker` (default: a new one); ids stay
+        while a person stays in view and survive a few missed frames."""
+        tracker = tracker if tracker is not None else Tracker()
+        for frame in frames:
+            yield tracker.update(self.predict(frame))
+
     def __repr__(self) -> str:
         return (
             f"<Predictor {self.name} R={self.input_size} flip={self.flip} scales={self.scales} "
@@ -362,14 +372,19 @@ def predict_files(
     draw: bool = True,
     progress: bool = True,
     draw_fn: Callable | None = None,
+    **video_options: Any,
 ) -> dict:
     """Predict on images, folders and videos; write JSON (and drawn images/videos) to `out_dir`.
 
+    Videos go through `keras_ehrnet.inference.video.predict_video` (`<stem>.jsonl`, a line
+    per frame, and `<stem>.mp4`); `video_options` are its options (`track`, `max_frames`, …).
+
     Unreadable or missing files, and inputs the model or runtime fails on (an image too
     large for memory, a runtime error), are skipped and listed under "skipped" with the
-    reason; the rest are still predicted. Every file is written atomically. Returns a summary:
-    per-input people counts, frames, seconds and frames per second (prediction only: file
-    I/O, drawing and the one-time warm-up per input size, in "warmup_seconds", are left out).
+    reason; the rest are still predicted. Image outputs are written atomically. Returns a summary:
+    per-input people counts, frames, seconds and frames per second (for images prediction only:
+    file I/O and drawing left out; for videos end to end, reading to writing; the one-time
+    warm-up per input size, in "warmup_seconds", is left out of both).
     """
     draw_fn = draw_fn or draw_people
     items, skipped = collect_inputs(inputs)
@@ -402,8 +417,16 @@ def predict_files(
         summary["inputs"].append(entry)
     for item in videos:
         try:
+            stem = _unique_stem(out, item.path.stem, used) if out is not None else None
             entry = predict_video(
-                predictor, item.path, out, used=used, draw=draw, progress=progress, draw_fn=draw_fn
+                predictor,
+                item.path,
+                out,
+                stem=stem,
+                draw=draw,
+                progress=progress,
+                draw_fn=draw_fn,
+                **video_options,
             )
         except (KeyboardInterrupt, OutputPathError):
             raise
@@ -416,88 +439,3 @@ def predict_files(
         summary["inputs"].append(entry)
     summary["fps"] = summary["frames"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
     return summary
-
-
-def predict_video(
-    predictor: Predictor,
-    path: str | os.PathLike,
-    out_dir: Path | None,
-    *,
-    used: set | None = None,
-    draw: bool = True,
-    progress: bool = True,
-    draw_fn: Callable | None = None,
-) -> dict:
-    """Predict every frame of a video; write `<stem>.json` (people per frame) and `<stem>.mp4` (drawn)."""
-    draw_fn = draw_fn or draw_people
-    path = Path(path)
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ImageReadError(f"cannot open video {path}: not a readable video file")
-    fps_in = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    stem = _unique_stem(out_dir, path.stem, used if used is not None else set()) if out_dir else path.stem
-    bar = tqdm(total=total, desc=path.name, unit="frame", disable=not progress)
-    drawn_file = out_dir / f"{stem}.mp4" if out_dir is not None and draw else None
-    with contextlib.ExitStack() as stack:
-        tmp_video = stack.enter_context(atomic_path(drawn_file)) if drawn_file is not None else None
-        try:
-            frames, seconds, warmup = _predict_frames(predictor, cap, bar, tmp_video, fps_in, draw_fn)
-        finally:
-            bar.close()
-            cap.release()
-        if not frames:
-            raise ImageReadError(f"video {path} has no readable frames")
-    entry = {
-        "input": str(path),
-        "kind": "video",
-        "frames": len(frames),
-        "seconds": seconds,
-        "warmup_seconds": warmup,
-        "fps": len(frames) / seconds if seconds else 0.0,
-        "people": int(sum(len(f["people"]) for f in frames)),
-    }
-    if out_dir is not None:
-        payload = {
-            "input": str(path),
-            "model": predictor.name,
-            "fps_in": fps_in,
-            "keypoint_names": list(predictor.keypoint_names or []),
-            "frames": frames,
-        }
-        _write_json(out_dir / f"{stem}.json", payload)
-        entry["json"] = str(out_dir / f"{stem}.json")
-        if draw:
-            entry["drawn"] = str(out_dir / f"{stem}.mp4")
-    return entry
-
-
-def _predict_frames(
-    predictor: Predictor, cap: Any, bar: Any, drawn_file: Path | None, fps_in: float, draw_fn: Callable
-) -> tuple[list[dict], float, float]:
-    """People in every frame of an opened video; drawn frames go to `drawn_file` (if given)."""
-    writer = None
-    frames: list[dict] = []
-    seconds = warmup = 0.0
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok or frame is None:
-                break
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            warmup += predictor.warmup(rgb.shape[:2])
-            t = time.perf_counter()
-            people = predictor.predict(rgb)
-            seconds += time.perf_counter() - t
-            frames.append({"frame": len(frames), "people": [p.to_dict() for p in people]})
-            if drawn_file is not None:
-                if writer is None:
-                    h, w = rgb.shape[:2]
-                    writer = cv2.VideoWriter(str(drawn_file), cv2.VideoWriter_fourcc(*"mp4v"), fps_in, (w, h))
-                writer.write(cv2.cvtColor(draw_fn(rgb, people), cv2.COLOR_RGB2BGR))
-            bar.update(1)
-            bar.set_postfix(fps=f"{len(frames) / seconds:.1f}" if seconds else "-")
-    finally:
-        if writer is not None:
-            writer.release()
-    return frames, seconds, warmup

@@ -80,6 +80,9 @@ class DataConfig:
     # image files checked before the first step: "header" (size, not cut short), "full" (decoded), "off"
     validate_images: str = "header"
     cache: bool = False
+    # shuffle the images every epoch (seeded by train.seed); false reads them in file order, so a
+    # run over N workers sees the same global batches as one process (the parity test does this)
+    shuffle: bool = True
     # left/right keypoint pairs swapped by horizontal flips (training and flip test), as names
     # or 0-based indices; default: inferred from left_*/right_* keypoint names
     flip_pairs: list[list[int | str]] | None = None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from keras_ehrnet.train.config import ConfigError
+
 
 def _tf_config_tasks() -> int:
     """Number of tasks (chief + workers) in TF_CONFIG's cluster, 0 when unset."""
@@ -18,7 +20,7 @@ def _tf_config_tasks() -> int:
     try:
         cluster = json.loads(raw).get("cluster", {})
     except (json.JSONDecodeError, AttributeError) as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from None
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {err}") from None
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
@@ -36,8 +38,11 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     if name == "multi_worker":
         # Before anything else touches the TF runtime: collectives are configured at start-up.
         if _tf_config_tasks() == 0:
-            raise ValueError("strategy 'multi_worker' needs TF_CONFIG describing the cluster")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+            raise ConfigError("strategy 'multi_worker' needs TF_CONFIG describing the cluster")
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy()
+        except (ValueError, KeyError) as err:  # a task missing from its cluster, a bad address …
+            raise ConfigError(f"TF_CONFIG: {err}") from None
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         if len(gpus) > 1:
@@ -68,6 +73,27 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return task_type == "worker" and task_id == 0 and not has_chief
+
+
+def input_pipeline(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """(this worker's input pipeline id, number of pipelines): (0, 1) on one machine; across
+    workers, one pipeline per worker, the chief first, as `distribute_datasets_from_function`
+    numbers them (so a worker can read its share of the data before training starts)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return 0, 1
+    spec = resolver.cluster_spec().as_dict()
+    chiefs, workers = len(spec.get("chief", [])), len(spec.get("worker", []))
+    if chiefs + workers <= 1:
+        return 0, 1
+    task_type = resolver.task_type
+    if task_type == "chief":
+        return 0, chiefs + workers
+    if task_type == "worker":
+        return chiefs + int(resolver.task_id), chiefs + workers
+    raise ConfigError(
+        f"TF_CONFIG task type {task_type!r} takes no part in training; expected chief or worker"
+    )
 
 
 def write_dir(base: str | os.PathLike, strategy: tf.distribute.Strategy) -> Path:

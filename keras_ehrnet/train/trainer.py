@@ -44,7 +44,7 @@ from keras_ehrnet.keypoints import resolve_flip_index
 from keras_ehrnet.metrics.coco import evaluate_coco, keypoint_category, load_coco
 from keras_ehrnet.models.model import build_model
 from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig, resolve_num_joints
-from keras_ehrnet.train.distribute import is_chief, make_strategy, remove_scratch, write_dir
+from keras_ehrnet.train.distribute import input_pipeline, is_chief, make_strategy, remove_scratch, write_dir
 from keras_ehrnet.train.finetune import InitReport, freeze_backbone, load_initial_weights
 from keras_ehrnet.train.losses import EHRNetLoss
 from keras_ehrnet.train.monitor import TrainMonitor, heatmap_panel
@@ -94,9 +94,13 @@ class TrainResult:
 
 
 class CocoTrainData:
-    """The training `DatasetFn` over a COCO-format keypoint file (keras_ehrnet.data)."""
+    """The training `DatasetFn` over a COCO-format keypoint file (keras_ehrnet.data).
 
-    def __init__(self, config: TrainConfig, global_batch: int):
+    `shard=(pipeline id, pipelines)` (several workers): only this worker's share of the
+    records is built and checked, and only this input pipeline can be made from it.
+    """
+
+    def __init__(self, config: TrainConfig, global_batch: int, shard: tuple[int, int] | None = None):
         d = config.data
         if not d.train_ann or not d.train_images:
             raise ConfigError("data.train_ann and data.train_images are needed (--train-ann, --train-images)")
@@ -117,8 +121,9 @@ class CocoTrainData:
             require_annotations=True,
             skip_invalid=d.skip_invalid,
             validate_images=d.validate_images,
+            shard=shard,
         )
-        self.num_examples = len(self.dataset)
+        self.num_examples = self.dataset.shard_size * self.dataset.num_shards
 
     def __call__(self, ctx: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
         d = self.config.data
@@ -136,6 +141,7 @@ class CocoTrainData:
             batch_size=self.global_batch,
             training=True,
             augment=augment,
+            shuffle=d.shuffle,
             seed=self.config.train.seed,
             epoch=epoch,
             epochs=1,
@@ -176,14 +182,6 @@ def coco_validation(config: TrainConfig) -> Callable[[keras.Model], dict]:
         )
 
     return evaluate
-
-
-def _num_input_pipelines(strategy: tf.distribute.Strategy) -> int:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return max(1, sum(len(spec.get(kind, [])) for kind in ("chief", "worker")))
 
 
 @contextlib.contextmanager
@@ -227,9 +225,10 @@ class Trainer:
         self.workdir = Path(config.train.workdir)
         self.write_dir = write_dir(self.workdir, self.strategy)
         self.num_replicas = self.strategy.num_replicas_in_sync
-        self.num_pipelines = _num_input_pipelines(self.strategy)
+        self.pipeline_id, self.num_pipelines = input_pipeline(self.strategy)
         self.global_batch = config.data.batch_size * self.num_replicas
-        self.dataset_fn = dataset_fn or CocoTrainData(config, self.global_batch)
+        shard = (self.pipeline_id, self.num_pipelines) if self.num_pipelines > 1 else None
+        self.dataset_fn = dataset_fn or CocoTrainData(config, self.global_batch, shard)
         if evaluate_fn is None and config.data.val_ann:
             evaluate_fn = coco_validation(config)
         self.evaluate_fn = evaluate_fn
@@ -271,7 +270,7 @@ class Trainer:
 
     def _count_steps(self) -> int:
         per_pipeline = self.num_replicas // self.num_pipelines
-        ctx = tf.distribute.InputContext(self.num_pipelines, 0, self.num_replicas)
+        ctx = tf.distribute.InputContext(self.num_pipelines, self.pipeline_id, self.num_replicas)
         batches = int(self.dataset_fn(ctx, 0).cardinality().numpy())
         if batches < 0:
             examples = getattr(self.dataset_fn, "num_examples", None)
@@ -444,6 +443,16 @@ class Trainer:
                 checkpoint = self._save(epoch, step_in_epoch, global_step)
             except Exception as save_err:  # a full disk fails this too
                 note = f"; writing a checkpoint failed too ({one_line(save_err, 200)})"
+        # A collective that lost its peer (raised by the step or, as often, by the distributed
+        # iterator) is no data error; its own text may say no more than "Graph execution error".
+        peer_lost = self.num_pipelines > 1 and isinstance(
+            err, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError)
+        )
+        if peer_lost:
+            input_error = False
+            note += (
+                "; a worker of the cluster stopped or cannot be reached (TF_CONFIG): start every worker again"
+            )
         where = "reading the training data" if input_error else "training"
         saved = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint"
         resume = f"; continue with --resume --workdir {self.workdir}" if checkpoint else ""
@@ -474,7 +483,7 @@ class Trainer:
             ) from None
         self._print(
             f"resumed {existing}: epoch {int(self._state['epoch'])}, step {int(self._state['step_in_epoch'])} "
-            f"of {self.steps_per_epoch}, optimizer step {int(self._inner_optimizer.iterations)}"
+            f"of {self.steps_per_epoch}, optimizer step {int(self._inner_optimizer.iterations.numpy())}"
         )
         return existing
 

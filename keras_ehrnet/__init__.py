@@ -2,11 +2,14 @@
 
 The public names below are imported on first use (PEP 562), so that running an exported
 .onnx or .tflite file (`keras_ehrnet.deploy.runtimes`, `Predictor`) never imports TensorFlow: its
-thread pools would take the cores from ONNX Runtime or LiteRT. When Keras is already imported,
-the model classes are imported at once so that `keras.saving.load_model` finds them.
+thread pools would take the cores from ONNX Runtime or LiteRT. The model classes are imported
+as soon as Keras is (at once if it already is), so that `keras.saving.load_model` finds them.
 """
 
+import contextlib
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 
 __version__ = "0.1.0"
@@ -42,5 +45,34 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
 
 
+class _RegisterWhenKerasLoads(importlib.abc.MetaPathFinder):
+    """Import the model classes right after `keras` itself is first imported.
+
+    `keras.saving.load_model` finds EfficientHRNet only once its module has run; with the public
+    names imported lazily, `import keras_ehrnet; import keras; keras.saving.load_model(...)` would
+    otherwise fail. The finder steps aside after the one import of `keras` it wraps.
+    """
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None:
+            return spec
+        run_keras = spec.loader.exec_module
+
+        def exec_module(module):
+            run_keras(module)
+            # a backend that cannot build the model: its use will say why
+            with contextlib.suppress(ImportError):
+                importlib.import_module("keras_ehrnet.models.model")
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
 if "keras" in sys.modules:  # registers EfficientHRNet for keras.saving.load_model
     importlib.import_module("keras_ehrnet.models.model")
+elif not any(isinstance(finder, _RegisterWhenKerasLoads) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenKerasLoads())

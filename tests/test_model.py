@@ -5,7 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import cached_model
+from conftest import ROOT, cached_model
 
 import keras_ehrnet as ke
 from keras_ehrnet.models.macs import count_macs
@@ -116,6 +116,26 @@ def _backbone_io(cfg):
 
     inp = keras.Input((None, None, 3))
     return inp, efficientnet_features(inp, cfg)
+
+
+def test_keras_load_model_finds_the_model_when_keras_is_imported_after_the_package(tmp_path):
+    """The package root imports its names lazily; `keras.saving.load_model` must still find
+    EfficientHRNet in a process that imports keras_ehrnet first and Keras second."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.keras"
+    ke.build_model("H-4", num_joints=3).save(path)
+    code = (
+        "import keras_ehrnet, sys\n"
+        "assert 'keras' not in sys.modules\n"
+        "import keras\n"
+        f"m = keras.saving.load_model({str(path)!r}, compile=False)\n"
+        "print(type(m).__name__, m.config.num_joints)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["EfficientHRNet", "3"]
 
 
 def test_keras_round_trip_gives_identical_outputs(tmp_path):

@@ -50,20 +50,28 @@ class _RegisterWhenKerasLoads(importlib.abc.MetaPathFinder):
 
     `keras.saving.load_model` finds EfficientHRNet only once its module has run; with the public
     names imported lazily, `import keras_ehrnet; import keras; keras.saving.load_model(...)` would
-    otherwise fail. The finder steps aside after the one import of `keras` it wraps.
+    otherwise fail. The finder removes itself once the `keras` module it wraps has run (a bare
+    `importlib.util.find_spec("keras")`, which runs nothing, leaves it in place).
     """
 
+    _looking = False
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != "keras":
+        if fullname != "keras" or self._looking:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec("keras")
+        self._looking = True
+        try:
+            spec = importlib.util.find_spec("keras")
+        finally:
+            self._looking = False
         if spec is None or spec.loader is None:
             return spec
         run_keras = spec.loader.exec_module
 
         def exec_module(module):
             run_keras(module)
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             # a backend that cannot build the model: its use will say why
             with contextlib.suppress(ImportError):
                 importlib.import_module("keras_ehrnet.models.model")

@@ -54,17 +54,17 @@ class _KerasModelRunner:
     name = "keras"
 
     def __init__(self, model: Any):
-        import tensorflow as tf
+        from keras_ehrnet.backend import inference_fn
 
         self.model = model
         size = getattr(model, "input_size", None)
         self.fixed_input_size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
         self.num_joints = getattr(model, "num_joints", None) or int(model.outputs[1].shape[-1])
-        self._fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._fn = inference_fn(model)
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         quarter, half = self._fn(np.asarray(images, np.float32))
-        return quarter.numpy(), half.numpy()
+        return quarter, half
 
 
 def keras_runner(model: Any):

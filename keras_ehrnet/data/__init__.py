@@ -7,6 +7,7 @@ images, targets = next(iter(ds))
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from keras_ehrnet.data.augment import AffineParams, AugmentConfig
@@ -19,10 +20,27 @@ from keras_ehrnet.data.coco import (
     infer_flip_index,
     load_image,
 )
-from keras_ehrnet.data.pipeline import Sample, build_dataset, load_sample, make_dataset
-from keras_ehrnet.data.targets import gaussian_heatmaps
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+
+
+# The tf.data pipeline and the target renderers need TensorFlow: imported on first use (PEP 562),
+# so the COCO reader and the augmentation import without it.
+_LAZY = {
+    "Sample": "pipeline",
+    "build_dataset": "pipeline",
+    "load_sample": "pipeline",
+    "make_dataset": "pipeline",
+    "gaussian_heatmaps": "targets",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'keras_ehrnet.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"keras_ehrnet.data.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
 
 
 def sample_dataset() -> tuple[Path, Path]:

@@ -16,8 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import tensorflow as tf
-
+from keras_ehrnet._tf import tf
 from keras_ehrnet.export.common import model_metadata
 from keras_ehrnet.fileio import atomic_path
 from keras_ehrnet.runtimes import INPUT_NAME, OUTPUT_NAMES

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
+from keras_ehrnet._tf import tf
 from keras_ehrnet.benchmarking import CpuMeter, machine_info
 from keras_ehrnet.fileio import atomic_save_model, atomic_write_json
 from keras_ehrnet.train.config import TrainConfig, apply_overrides, config_from_dict, resolve_num_joints

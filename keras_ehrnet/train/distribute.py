@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-import tensorflow as tf
+from keras_ehrnet._tf import tf
 
 
 def _tf_config_tasks() -> int:

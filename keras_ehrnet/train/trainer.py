@@ -36,8 +36,8 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_ehrnet._tf import tf
 from keras_ehrnet.fileio import atomic_save_model, check_writable, one_line, remove_stale_temporaries
 from keras_ehrnet.losses import EHRNetLoss
 from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig, resolve_num_joints

@@ -36,8 +36,8 @@ def check_reference(path: str | Path | None) -> Path:
     return root
 
 
-def load_reference_model(path: str | Path, level: str, num_joints: int = 17):
-    """The authors' model for `level` from their example config, in eval mode; returns (model, input_size)."""
+def reference_config(path: str | Path, level: str, num_joints: int = 17):
+    """The reference's yacs config for `level` (its example config over its defaults), frozen."""
     root = check_reference(path)
     lib = str(root / "lib")
     if lib not in sys.path:
@@ -46,7 +46,6 @@ def load_reference_model(path: str | Path, level: str, num_joints: int = 17):
     if not config_file.is_file():
         raise ReferenceUnavailableError(f"no reference config for {level}: {config_file}")
     from config import cfg as default_cfg  # the reference's yacs defaults
-    from models.pose_higher_hrnet import get_pose_net
 
     cfg = default_cfg.clone()
     cfg.defrost()
@@ -54,6 +53,18 @@ def load_reference_model(path: str | Path, level: str, num_joints: int = 17):
     cfg.MODEL.NUM_JOINTS = num_joints
     cfg.DATASET.NUM_JOINTS = num_joints
     cfg.freeze()
+    return cfg
+
+
+def load_reference_model(path: str | Path, level: str, num_joints: int = 17):
+    """The authors' model for `level` from their example config, in eval mode; returns (model, input_size)."""
+    root = check_reference(path)
+    lib = str(root / "lib")
+    if lib not in sys.path:
+        sys.path.insert(0, lib)
+    from models.pose_higher_hrnet import get_pose_net
+
+    cfg = reference_config(root, level, num_joints)
     model = get_pose_net(cfg, is_train=False)
     model.eval()
     return model, int(cfg.DATASET.INPUT_SIZE)

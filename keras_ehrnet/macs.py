@@ -75,4 +75,3 @@ def count_macs(model, input_size: int | tuple[int, int], *, by_kind: bool = Fals
     _walk_specs(model, keras.KerasTensor((1, h, w, 3), dtype="float32"), record)
     kinds["total"] = sum(kinds.values())
     return kinds if by_kind else kinds["total"]
-

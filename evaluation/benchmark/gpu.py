@@ -466,6 +466,16 @@ def _worker(args) -> int:
         _measure_reference(args, emit)
     else:
         _measure_ours(args, args.worker, emit)
+    # What this group needed: the program promises neither TensorFlow nor pycocotools.
+    loaded = {m.split(".")[0] for m in sys.modules}
+    emit(
+        {
+            "what": "imports",
+            "group": args.worker,
+            "tensorflow": "tensorflow" in loaded,
+            "pycocotools": "pycocotools" in loaded,
+        }
+    )
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -639,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference and not (Path(args.reference) / "lib" / "models" / "pose_higher_hrnet.py").is_file():
         print(f"error: {args.reference} is not a checkout of TeCSAR-UNCC/EfficientHRNet", file=sys.stderr)
         return 2
+    # This process only writes files, but importing keras_ehrnet imports Keras, whose default
+    # backend is TensorFlow: pick one that is installed (the workers set their own).
+    os.environ.setdefault("KERAS_BACKEND", "jax" if importlib.util.find_spec("jax") else "torch")
     json_path, md_path = Path(args.json), Path(args.markdown)
     for path in (json_path, md_path):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -120,7 +120,7 @@ def prepared(tmp_path_factory):
             env=env,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=1800,  # minutes on a busy 2-core machine; ~2 min on a quiet one
         )
         assert proc.returncode == 0, f"{backend} worker failed:\n{proc.stderr[-4000:]}"
         runs[backend] = (json.loads(Path(spec["out"]).read_text()), dict(np.load(spec["arrays"])), spec)

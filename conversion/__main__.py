@@ -7,7 +7,7 @@
 `--level H-4` instead of `--model` exports a randomly initialised model (smoke
 runs). `--verify DIR` runs the artefact and the Keras model on real images
 from DIR and prints how far apart their outputs are. The work is done by
-keras_ehrnet.export.export. `--out` is checked before any work; the artefact is
+keras_ehrnet.deploy.export. `--out` is checked before any work; the artefact is
 written under a temporary name and renamed into place when complete. Calibration
 images that cannot be read are skipped and listed (`--strict`: exit 2 if any were).
 """
@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from keras_ehrnet.transforms import parse_input_size
+from keras_ehrnet.inference.transforms import parse_input_size
 
 FORMATS = ("savedmodel", "tflite", "onnx", "tftrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8", "int8-dynamic")
@@ -97,7 +97,7 @@ def _size_on_disk(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from keras_ehrnet.export import (
+    from keras_ehrnet.deploy import (
         DIRECTORY_FORMATS,
         RuntimeUnavailableError,
         check_options,
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         check_options(args.format, args.precision, with_decoder=args.with_decoder)
         check_writable(args.out, kind="dir" if args.format in DIRECTORY_FORMATS else "file", what="--out")
         if args.format == "tftrt":
-            from keras_ehrnet.export.tftrt import require_tftrt
+            from keras_ehrnet.deploy.tftrt import require_tftrt
 
             require_tftrt()  # before building or loading the model
         model = _model(args)
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     for entry in skipped:
         print(f"skipped calibration image {entry['input']}: {entry['reason']}", file=sys.stderr)
     if args.verify is not None:
-        from keras_ehrnet.export.parity import verify_artefact
+        from keras_ehrnet.deploy.parity import verify_artefact
 
         try:
             report = verify_artefact(model, out, args.verify, num_threads=args.num_threads)

@@ -3,7 +3,7 @@
     python -m conversion.from_torch CHECKPOINT.pth [--level H-2] [--num-joints 17]
         [--allow-missing-head] [--backbone-only] --out model.keras
 
-Works without torch: the checkpoint is read by keras_ehrnet.torch_import.
+Works without torch: the checkpoint is read by keras_ehrnet.weights.torch_import.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --out must end in .keras, got {args.out}", file=sys.stderr)
         return 2
     import keras_ehrnet as ke
-    from keras_ehrnet.torch_import import guess_level, load_torch_weights, read_torch_checkpoint
+    from keras_ehrnet.weights.torch_import import guess_level, load_torch_weights, read_torch_checkpoint
 
     try:
         state = read_torch_checkpoint(args.checkpoint)

@@ -15,8 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from keras_ehrnet.decoding import REFINE_MODES
-from keras_ehrnet.transforms import parse_input_size
+from keras_ehrnet.inference.decoding import REFINE_MODES
+from keras_ehrnet.inference.transforms import parse_input_size
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,8 +91,8 @@ def _strict_failure(args: argparse.Namespace, summary: dict) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from keras_ehrnet.evaluate import evaluate_coco, evaluate_results_file
     from keras_ehrnet.fileio import OutputPathError, atomic_write_json, check_writable
+    from keras_ehrnet.metrics.coco import evaluate_coco, evaluate_results_file
 
     try:  # before the work: an output that cannot be written would lose it
         for path, flag in ((args.json, "--json"), (args.out, "--out")):
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--images is required unless --results is given")
 
     if args.oracle:
-        from keras_ehrnet.oracle import Oracle
+        from keras_ehrnet.inference.oracle import Oracle
 
         model = Oracle()
         input_size = args.input_size or 512

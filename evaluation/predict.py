@@ -1,15 +1,20 @@
-"""Poses in images, folders and videos: JSON per input and drawn skeletons.
+"""Poses in images, folders, videos, cameras and streams: JSON per input and drawn skeletons.
 
     python -m evaluation.predict --model model.keras photo.jpg holiday/ clip.mp4 --out predictions/
+    python -m evaluation.predict --model model.onnx rtsp://cam/stream 0 --track --out live/
 
 For each image `<name>.json` (people: keypoints [x, y, score] in image pixels,
-score, box) and `<name>.jpg` with the skeletons; for each video `<name>.json`
-(people per frame) and `<name>.mp4`, and `summary.json` for the run. Unreadable files and
+score, box) and `<name>.jpg` with the skeletons; for each video, camera index (0, 1 …),
+stream URL (rtsp://, http://) and, with `--track`, folder of frames: `<name>.jsonl` (a line
+per frame: index, time, people, each with a `track_id` with `--track`; flushed per frame)
+and `<name>.mp4` (drawn, ids and an FPS counter), and `summary.json` for the run. Videos
+run as a threaded pipeline; live sources drop frames when the model is slower than the
+source (the count is reported), files never do. Unreadable files and
 inputs the model cannot take are skipped and listed; the others are still predicted. Exit
 status: 0 done (2 with `--strict` when anything was skipped), 1 nothing could be predicted,
 2 bad options or model, or an --out that cannot be written (checked before the model loads).
-Frames per second (prediction only: not file I/O, drawing or the one-time warm-up) are
-reported at the end.
+Frames per second (images: prediction only; videos: end to end; never the one-time warm-up)
+are reported at the end.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ import logging
 import sys
 from pathlib import Path
 
-from keras_ehrnet.transforms import parse_input_size
+from keras_ehrnet.inference.transforms import parse_input_size
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", type=Path, help=".keras file, SavedModel directory, .tflite or .onnx file")
     what.add_argument("--level", help="a randomly initialised model of this level, for smoke runs")
-    p.add_argument("inputs", nargs="+", help="image files, folders of images, video files")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="image files, folders of images, video files, camera indices (0), stream URLs (rtsp://…)",
+    )
     p.add_argument(
         "--out", type=Path, default=Path("predictions"), help="output folder (default: predictions)"
     )
@@ -52,6 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--flip-pairs", help='left/right pairs, "l_paw:r_paw,3:4" (names need --keypoints; digits: indices)'
     )
+    video = p.add_argument_group("videos, cameras and streams")
+    video.add_argument(
+        "--track",
+        action="store_true",
+        help="give each person a track_id kept over frames (OKS association); folders are read as "
+        "the frames of one video",
+    )
+    video.add_argument("--max-frames", type=_positive_int, help="stop each video after this many frames")
+    video.add_argument(
+        "--every", type=_positive_int, default=1, metavar="N", help="process every N-th frame (default 1)"
+    )
+    video.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        default=2,
+        help="frames waiting between pipeline stages; a live source drops the oldest beyond it (default 2)",
+    )
+    video.add_argument(
+        "--sequential", action="store_true", help="run the video stages one after another (no threads)"
+    )
     p.add_argument("--no-draw", action="store_true", help="JSON only, no drawn images or videos")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
@@ -63,10 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    from keras_ehrnet.data.coco import DatasetError, flip_index_from_pairs, keypoint_set, parse_flip_pairs
+    from keras_ehrnet.data.coco import keypoint_set
+    from keras_ehrnet.errors import DatasetError
     from keras_ehrnet.fileio import OutputPathError, atomic_write_json, check_writable
-    from keras_ehrnet.predictor import Predictor, as_runner, predict_files
-    from keras_ehrnet.viz import draw_people
+    from keras_ehrnet.inference.drawing import draw_people
+    from keras_ehrnet.inference.predictor import Predictor, _unique_stem, as_runner, predict_files
+    from keras_ehrnet.inference.video import SourceError, is_stream, predict_video
+    from keras_ehrnet.inference.video import source_name as open_source_name
+    from keras_ehrnet.keypoints import flip_index_from_pairs, parse_flip_pairs
 
     names = skeleton = flip_index = None
     try:
@@ -110,11 +150,54 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     draw_fn = (lambda image, people: draw_people(image, people, skeleton)) if skeleton else None
+    video_options = {
+        "track": args.track,
+        "max_frames": args.max_frames,
+        "every": args.every,
+        "queue_size": args.queue_size,
+        "threaded": not args.sequential,
+    }
+    sequences = [i for i in args.inputs if is_stream(i) or (args.track and Path(i).is_dir())]
     summary = predict_files(
-        predictor, args.inputs, args.out, draw=not args.no_draw, progress=not args.quiet, draw_fn=draw_fn
+        predictor,
+        [i for i in args.inputs if i not in sequences],
+        args.out,
+        draw=not args.no_draw,
+        progress=not args.quiet,
+        draw_fn=draw_fn,
+        **video_options,
     )
+    used: set = set()
+    for spec in sequences:
+        try:
+            entry = predict_video(
+                predictor,
+                spec,
+                args.out,
+                draw=not args.no_draw,
+                progress=not args.quiet,
+                draw_fn=draw_fn,
+                stem=_unique_stem(args.out, open_source_name(spec), used),
+                **video_options,
+            )
+        except SourceError as err:
+            summary["skipped"].append({"input": spec, "reason": str(err)})
+            continue
+        for key in ("frames", "seconds", "warmup_seconds"):
+            summary[key] += entry[key]
+        summary["inputs"].append(entry)
+    summary["fps"] = summary["frames"] / summary["seconds"] if summary["seconds"] > 0 else 0.0
     for entry in summary["inputs"]:
-        extra = f", {entry['frames']} frames at {entry['fps']:.1f} fps" if entry["kind"] == "video" else ""
+        extra = ""
+        if entry["kind"] in ("video", "stream"):
+            extra = f", {entry['frames']} frames at {entry['fps']:.1f} fps end to end"
+            if entry["dropped"]:
+                extra += f", {entry['dropped']} dropped (model slower than the source)"
+            if entry["tracks"] is not None:
+                extra += f", {entry['tracks']} track(s)"
+            for note in [*entry["corrupt"], entry.get("note")]:
+                if note:
+                    print(f"warning: {note}", file=sys.stderr)
         print(f"{entry['input']}: {entry['people']} people{extra} -> {entry.get('json', '-')}")
     for entry in summary["skipped"]:
         print(f"skipped {entry['input']}: {entry['reason']}", file=sys.stderr)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from keras_ehrnet.fileio import atomic_write_json
-from keras_ehrnet.scaling import PAPER_FACTS, PRESET_NAMES
+from keras_ehrnet.models.scaling import PAPER_FACTS, PRESET_NAMES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def profile_level(level: str, args, threads: int) -> dict:
     import keras_ehrnet as ke
-    from keras_ehrnet.benchmarking import keras_infer_fn, time_callable
+    from keras_ehrnet.metrics.benchmarking import keras_infer_fn, time_callable
     from keras_ehrnet.reference_facts import load_model_table
 
     model = ke.build_model(level)
@@ -66,8 +66,8 @@ def profile_level(level: str, args, threads: int) -> dict:
         row["paper_params_m"] = paper["params_m"]
         row["paper_gmacs"] = paper["gflops"]
     if not args.no_latency:
-        from keras_ehrnet.benchmarking import timing_weights
-        from keras_ehrnet.folding import fold_batchnorm
+        from keras_ehrnet.metrics.benchmarking import timing_weights
+        from keras_ehrnet.models.folding import fold_batchnorm
 
         # a fresh init computes in denormals (slow on CPUs); a trained model does not
         timing_weights(model, (size, size))
@@ -90,7 +90,7 @@ def profile_level(level: str, args, threads: int) -> dict:
 def measure_reference(level: str, size: int, args, threads: int, ours_ms: float) -> dict:
     """PyTorch eager latency of the released model in this run, or why it was skipped."""
     from evaluation.reference import ReferenceUnavailableError, load_reference_model, torch_infer_fn
-    from keras_ehrnet.benchmarking import time_callable
+    from keras_ehrnet.metrics.benchmarking import time_callable
 
     try:
         model, _ = load_reference_model(args.reference, level)
@@ -133,8 +133,8 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from keras_ehrnet.benchmarking import configure_threads, machine_info
-    from keras_ehrnet.scaling import parse_level
+    from keras_ehrnet.metrics.benchmarking import configure_threads, machine_info
+    from keras_ehrnet.models.scaling import parse_level
 
     try:
         levels = [parse_level(level)[0] if isinstance(level, str) else level for level in args.levels]

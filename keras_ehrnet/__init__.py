@@ -1,12 +1,12 @@
 """keras-ehrnet: EfficientHRNet multi-person pose estimation for TensorFlow/Keras 3."""
 
-from keras_ehrnet.backbone import build_backbone, build_backbone_classifier
-from keras_ehrnet.evaluate import evaluate_coco
-from keras_ehrnet.macs import count_macs
-from keras_ehrnet.model import EfficientHRNet, build_model
-from keras_ehrnet.predictor import Predictor
-from keras_ehrnet.scaling import PRESET_NAMES, EHRNetConfig, get_config
-from keras_ehrnet.torch_import import load_torch_weights
+from keras_ehrnet.inference.predictor import Predictor
+from keras_ehrnet.metrics.coco import evaluate_coco
+from keras_ehrnet.models.backbone import build_backbone, build_backbone_classifier
+from keras_ehrnet.models.macs import count_macs
+from keras_ehrnet.models.model import EfficientHRNet, build_model
+from keras_ehrnet.models.scaling import PRESET_NAMES, EHRNetConfig, get_config
+from keras_ehrnet.weights.torch_import import load_torch_weights
 
 __version__ = "0.1.0"
 

@@ -16,9 +16,7 @@ from keras_ehrnet.backend import require_tensorflow
 PARTS = {
     "keras_ehrnet.data": "the tf.data training pipeline",
     "keras_ehrnet.train": "the tf.distribute trainer",
-    "keras_ehrnet.export": "SavedModel/TFLite/ONNX/TF-TRT export",
     "keras_ehrnet.deploy": "SavedModel/TFLite/ONNX/TF-TRT export",
-    "keras_ehrnet.tf_decoder": "the in-graph TensorFlow decoder",
     "keras_ehrnet.inference.tf_decoder": "the in-graph TensorFlow decoder",
 }
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from keras_ehrnet.data import sample_dataset  # noqa: E402
-from keras_ehrnet.data.dataset_info import AIC, COCO_NAMES, CROWDPOSE  # noqa: E402
+from keras_ehrnet.keypoints import AIC, COCO_NAMES, CROWDPOSE  # noqa: E402
 
 COCO_SKELETON = [
     [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8], [7, 9],

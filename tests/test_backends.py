@@ -34,8 +34,8 @@ STEPS = 3
 TF_ONLY = {
     "tf.distribute trainer": "from keras_ehrnet.train import Trainer",
     "tf.data pipeline": "from keras_ehrnet.data import make_dataset",
-    "export": "import keras_ehrnet.export",
-    "in-graph decoder": "import keras_ehrnet.tf_decoder",
+    "export": "from keras_ehrnet.deploy import export",
+    "in-graph decoder": "import keras_ehrnet.inference.tf_decoder",
 }
 # JAX compiles every kernel with LLVM: at optimisation level 0 the model's compilations take
 # seconds instead of minutes on the 2-core CI machine (values agree to float rounding).

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import cached_model
 
-from keras_ehrnet.benchmarking import (
+from keras_ehrnet.metrics.benchmarking import (
     CpuMeter,
     Skipped,
     floor_ms,
@@ -15,7 +15,13 @@ from keras_ehrnet.benchmarking import (
     prepare_runtime,
     time_callable,
 )
-from keras_ehrnet.reporting import ae_score, plot_ap_vs_gmacs, plot_latency, report_markdown, report_rows
+from keras_ehrnet.metrics.reporting import (
+    ae_score,
+    plot_ap_vs_gmacs,
+    plot_latency,
+    report_markdown,
+    report_rows,
+)
 
 
 def test_time_callable_statistics_with_a_scripted_clock():

@@ -13,9 +13,9 @@ from public_formats import FORMATS, write_public_format
 from test_training import tiny_model
 
 from keras_ehrnet.data import CocoKeypoints, DatasetError
-from keras_ehrnet.data.coco import keypoint_set, parse_skeleton
-from keras_ehrnet.data.dataset_info import AIC, COCO, CROWDPOSE, find_dataset_info
-from keras_ehrnet.evaluate import coco_summary, evaluate_results_file, load_coco
+from keras_ehrnet.data.coco import keypoint_set
+from keras_ehrnet.keypoints import AIC, COCO, CROWDPOSE, find_dataset_info, parse_skeleton
+from keras_ehrnet.metrics.coco import coco_summary, evaluate_results_file, load_coco
 from keras_ehrnet.train import Trainer, config_from_dict
 from keras_ehrnet.train.config import resolve_num_joints
 

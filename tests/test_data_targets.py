@@ -9,9 +9,17 @@ from synthetic_coco import COCO_NAMES, CROWDPOSE_NAMES
 
 from keras_ehrnet.data import AffineParams, AugmentConfig, DatasetError, gaussian_heatmaps, infer_flip_index
 from keras_ehrnet.data.augment import affine_matrix, draw_params, transform_keypoints
-from keras_ehrnet.data.coco import flip_index_from_pairs
 from keras_ehrnet.data.targets import joints_tensor, render_heatmaps
 from keras_ehrnet.data.visualize import decode_joints
+from keras_ehrnet.keypoints import (
+    COCO,
+    COCO_FLIP_INDEX,
+    COCO_JOINT_ORDER,
+    COCO_SKELETON,
+    find_dataset_info,
+    flip_index_from_pairs,
+    resolve_flip_index,
+)
 
 
 def _kp(*points, j=1):
@@ -144,6 +152,17 @@ def test_flip_index_from_names():
     crowd = infer_flip_index(CROWDPOSE_NAMES)
     assert crowd[:12] == [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10] and crowd[12:] == [12, 13]
     assert infer_flip_index(["head", "eye_l", "eye_r", "L_paw", "R_paw"]) == [0, 2, 1, 4, 3]
+
+
+def test_coco_is_one_dataset_instance_whose_flip_index_comes_from_its_names():
+    # HigherHRNet's published FLIP_CONFIG["COCO"], which decoding used as a literal before
+    assert COCO_FLIP_INDEX == (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
+    assert find_dataset_info(COCO_NAMES) is COCO and COCO.flip_index == COCO_FLIP_INDEX
+    assert COCO.skeleton == COCO_SKELETON and len(COCO.sigmas) == COCO.num_joints == 17
+    assert sorted(COCO_JOINT_ORDER) == list(range(17))
+    assert all(0 <= a < 17 and 0 <= b < 17 for a, b in COCO_SKELETON)
+    assert resolve_flip_index(COCO_NAMES) == list(COCO_FLIP_INDEX)
+    assert resolve_flip_index(["a", "b", "c"], [("a", "c")]) == [2, 1, 0]
 
 
 def test_flip_index_refuses_to_guess():

@@ -18,7 +18,7 @@ from test_training import tiny_model
 
 from keras_ehrnet.data import CocoKeypoints, DatasetError, SkipLog, make_dataset
 from keras_ehrnet.data.validate import check_annotations, check_image_file
-from keras_ehrnet.evaluate import evaluate_coco
+from keras_ehrnet.metrics.coco import evaluate_coco
 
 
 def _dataset(tmp_path, n: int = 3, size=(120, 100), **first):

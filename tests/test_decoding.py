@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_ehrnet.decoding import (
-    COCO_FLIP_INDEX,
+from keras_ehrnet.inference.decoding import (
     AggregatedMaps,
     DecodeConfig,
     ScaleOutputs,
@@ -14,8 +13,9 @@ from keras_ehrnet.decoding import (
     decode_outputs,
     find_peaks,
 )
-from keras_ehrnet.oracle import mirror_keypoints, oracle_maps, oracle_outputs, synthetic_crowd
-from keras_ehrnet.transforms import apply_affine, invert_affine, make_test_plan
+from keras_ehrnet.inference.oracle import mirror_keypoints, oracle_maps, oracle_outputs, synthetic_crowd
+from keras_ehrnet.inference.transforms import apply_affine, invert_affine, make_test_plan
+from keras_ehrnet.keypoints import COCO_FLIP_INDEX
 
 
 def blobs(size, peaks, num_joints, sigma=2.0):

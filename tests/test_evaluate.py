@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import SHARED
 
-from keras_ehrnet.evaluate import COCO_STAT_NAMES, coco_summary, evaluate_coco, load_coco
-from keras_ehrnet.oracle import Oracle
+from keras_ehrnet.inference.oracle import Oracle
+from keras_ehrnet.metrics.coco import COCO_STAT_NAMES, coco_summary, evaluate_coco, load_coco
 
 COCO_MINI = SHARED / "data" / "coco-mini"
 ANN = COCO_MINI / "annotations" / "person_keypoints_train2017.json"
@@ -107,7 +107,7 @@ def test_no_detection_gives_zero_ap(coco_mini, capsys):
 
 def test_results_files_empty_or_malformed(coco_mini, tmp_path):
     from evaluation.coco import main
-    from keras_ehrnet.evaluate import evaluate_results_file
+    from keras_ehrnet.metrics.coco import evaluate_results_file
 
     ann, _ = coco_mini
     empty = tmp_path / "empty.json"

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 import keras_ehrnet
 from keras_ehrnet.data import sample_dataset
-from keras_ehrnet.export import (
+from keras_ehrnet.deploy import (
     RuntimeUnavailableError,
     calibration_images,
     check_options,
@@ -23,12 +23,13 @@ from keras_ehrnet.export import (
     letterbox,
     read_image,
 )
-from keras_ehrnet.export.parity import parity_report, realistic_weights, verify_artefact
-from keras_ehrnet.export.tensorrt import CalibrationBatcher, trtexec_command
-from keras_ehrnet.export.tflite import representative_dataset, tflite_from_savedmodel
-from keras_ehrnet.export.tftrt import export_tftrt, tftrt_reason, tftrt_unavailable_reason
-from keras_ehrnet.runtimes import KerasRunner, load_runner
-from keras_ehrnet.tf_decoder import TFDecoder
+from keras_ehrnet.deploy.parity import parity_report, realistic_weights, verify_artefact
+from keras_ehrnet.deploy.runtimes import KerasRunner, load_runner
+from keras_ehrnet.deploy.tensorrt import trtexec_command
+from keras_ehrnet.deploy.tflite import representative_dataset, tflite_from_savedmodel
+from keras_ehrnet.deploy.tftrt import export_tftrt, tftrt_reason, tftrt_unavailable_reason
+from keras_ehrnet.deploy.trt_engine import CalibrationBatcher
+from keras_ehrnet.inference.tf_decoder import TFDecoder
 
 SIZE = 128
 J = 17
@@ -397,7 +398,9 @@ def test_tensorrt_without_tensorrt_writes_onnx_and_prints_trtexec(model, tmp_pat
         written.append((out, size))
         return out
 
-    monkeypatch.setattr("keras_ehrnet.export.onnx.export_onnx", fake_onnx)
+    monkeypatch.setattr(
+        "keras_ehrnet.deploy.tensorrt.export_onnx", fake_onnx
+    )  # where the exporter looks it up
     engine = tmp_path / "ehrnet.engine"
     with pytest.raises(
         RuntimeUnavailableError, match="(?s)TensorRT Python API is not installed.*trtexec --onnx="
@@ -475,7 +478,7 @@ def test_conversion_program_maps_its_arguments(monkeypatch, tmp_path, capsys):
         out.write_bytes(b"x" * 2048)
         return out
 
-    monkeypatch.setattr("keras_ehrnet.export.export", fake_export)
+    monkeypatch.setattr("keras_ehrnet.deploy.export", fake_export)
     model_file = tmp_path / "m.keras"
     args = ["--model", str(model_file), "--format", "tflite", "--precision", "int8"]
     args += [
@@ -497,7 +500,7 @@ def test_conversion_program_maps_its_arguments(monkeypatch, tmp_path, capsys):
     report["outputs"]["half_heatmaps"].update(correlation=0.9, nan=False, mean_abs=0.1)
     verified = []
     monkeypatch.setattr(
-        "keras_ehrnet.export.parity.verify_artefact", lambda *a, **k: verified.append((a, k)) or report
+        "keras_ehrnet.deploy.parity.verify_artefact", lambda *a, **k: verified.append((a, k)) or report
     )
     assert main([*args, "--verify", str(tmp_path), "--num-threads", "1"]) == 0
     assert (

@@ -5,9 +5,9 @@ import numpy as np
 from conftest import cached_model, restored_weights
 
 import keras_ehrnet as ke
-from keras_ehrnet.benchmarking import timing_weights
-from keras_ehrnet.folding import fold_batchnorm
-from keras_ehrnet.layers import NearestUpsampling2D
+from keras_ehrnet.metrics.benchmarking import timing_weights
+from keras_ehrnet.models.folding import fold_batchnorm
+from keras_ehrnet.models.layers import NearestUpsampling2D
 
 
 def test_nearest_upsampling_matches_keras_upsampling_and_pytorch_rule():

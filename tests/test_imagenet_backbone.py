@@ -18,10 +18,11 @@ from conftest import ROOT
 from torch_pth import write_pth
 
 import keras_ehrnet as ke
-from keras_ehrnet import pretrained
-from keras_ehrnet.backbone import IMAGENET_MEAN, IMAGENET_STD
-from keras_ehrnet.pretrained import KERAS_B0_FILE, KERAS_B0_URL, BackboneWeightsError
-from keras_ehrnet.weights_map import weight_pairs
+from keras_ehrnet.models import backbone as backbone_module
+from keras_ehrnet.models.scaling import IMAGENET_MEAN, IMAGENET_STD
+from keras_ehrnet.weights import pretrained
+from keras_ehrnet.weights.pretrained import KERAS_B0_FILE, KERAS_B0_URL, BackboneWeightsError
+from keras_ehrnet.weights.weights_map import weight_pairs
 
 KERAS_ENDPOINTS = ("block2b_add", "block3b_add", "block5c_add", "block7a_project_bn")
 OUR_ENDPOINTS = ("block3_add", "block5_add", "block11_add", "block16_project_bn")
@@ -186,7 +187,7 @@ def _unchanged(model, fn):
 
 
 def test_wrong_architecture_names_the_first_bad_tensor_and_loads_nothing(tmp_path):
-    from keras_ehrnet.pretrained import load_backbone_weights
+    from keras_ehrnet.weights.pretrained import load_backbone_weights
 
     target = ke.build_backbone("H0")
     wider = keras.applications.EfficientNetB3(weights=None, include_top=False, input_shape=(None, None, 3))
@@ -204,7 +205,7 @@ def test_wrong_architecture_names_the_first_bad_tensor_and_loads_nothing(tmp_pat
 
 
 def test_unreadable_files_are_one_line_and_load_nothing(tmp_path):
-    from keras_ehrnet.pretrained import load_backbone_weights
+    from keras_ehrnet.weights.pretrained import load_backbone_weights
 
     target = ke.build_backbone("H0")
     for name in ("efficientnetb0_notop.h5", "b0.weights.h5", "b0.keras", "b0.pth", "b0.npz"):
@@ -288,7 +289,7 @@ def test_authors_compact_backbone_from_pth(tmp_path, capsys):
 
 
 def test_pth_of_another_level_is_one_line_and_loads_nothing(tmp_path):
-    from keras_ehrnet.pretrained import load_backbone_weights
+    from keras_ehrnet.weights.pretrained import load_backbone_weights
 
     path = tmp_path / "b-3_imagenet.pth"
     write_pth(path, _classifier_state("B-3", seed=5))
@@ -310,7 +311,7 @@ def test_training_cli_refuses_impossible_backbone_weights(capsys):
 
 
 def test_missing_file_is_reported_before_building(tmp_path, monkeypatch):
-    monkeypatch.setattr(ke.backbone, "efficientnet_features", None)  # building would fail loudly
+    monkeypatch.setattr(backbone_module, "efficientnet_features", None)  # building would fail loudly
     with pytest.raises(FileNotFoundError, match="no-such.pth"):
         ke.build_backbone("H-4", weights=tmp_path / "no-such.pth")
 

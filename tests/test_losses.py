@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ehrnet.losses import EHRNetLoss, ae_loss, gather_tags, heatmap_loss
+from keras_ehrnet.train.losses import EHRNetLoss, ae_loss, gather_tags, heatmap_loss
 
 
 def _tag_maps():

@@ -8,9 +8,9 @@ import pytest
 from conftest import cached_model
 
 import keras_ehrnet as ke
-from keras_ehrnet.macs import count_macs
+from keras_ehrnet.models.macs import count_macs
 from keras_ehrnet.reference_facts import load_model_table, load_state_dict_facts
-from keras_ehrnet.weights_map import batchnorm_counter_keys, weight_pairs
+from keras_ehrnet.weights.weights_map import batchnorm_counter_keys, weight_pairs
 
 LEVELS = ["H0", "H-1", "H-2", "H-3", "H-4"]
 
@@ -112,7 +112,7 @@ def test_backbone_endpoints_are_stage_ends():
 
 
 def _backbone_io(cfg):
-    from keras_ehrnet.backbone import efficientnet_features
+    from keras_ehrnet.models.backbone import efficientnet_features
 
     inp = keras.Input((None, None, 3))
     return inp, efficientnet_features(inp, cfg)

@@ -13,9 +13,10 @@ import pytest
 from test_predictor import IMAGE_SIZE, SceneRunner, scene
 from test_training import tiny_model, tiny_trainer
 
-from keras_ehrnet.export import calibration_images, collect_skipped
+from keras_ehrnet.deploy import calibration_images, collect_skipped
 from keras_ehrnet.fileio import OutputPathError, atomic_path, atomic_write_json, check_writable
-from keras_ehrnet.predictor import Predictor, predict_files, to_rgb_uint8
+from keras_ehrnet.inference.images import to_rgb_uint8
+from keras_ehrnet.inference.predictor import Predictor, predict_files
 from keras_ehrnet.train import TrainingFailedError
 
 
@@ -159,8 +160,8 @@ def test_calibration_skips_and_lists_unreadable_images(tmp_path):
 
 
 def test_broken_model_files_are_named_with_what_is_wrong(tmp_path):
-    from keras_ehrnet.export import export
-    from keras_ehrnet.runtimes import load_runner
+    from keras_ehrnet.deploy import export
+    from keras_ehrnet.deploy.runtimes import load_runner
 
     truncated = tmp_path / "final.keras"
     tiny_model().save(truncated)

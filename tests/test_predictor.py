@@ -6,11 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from keras_ehrnet.decoding import COCO_FLIP_INDEX
-from keras_ehrnet.oracle import mirror_keypoints, oracle_maps, synthetic_crowd
-from keras_ehrnet.predictor import ImageReadError, Predictor, predict_files, read_image, to_rgb_uint8
-from keras_ehrnet.transforms import apply_affine, make_test_plan
-from keras_ehrnet.viz import draw_people
+from keras_ehrnet.inference.drawing import draw_people
+from keras_ehrnet.inference.images import ImageReadError, read_image, to_rgb_uint8
+from keras_ehrnet.inference.oracle import mirror_keypoints, oracle_maps, synthetic_crowd
+from keras_ehrnet.inference.predictor import Predictor, predict_files
+from keras_ehrnet.inference.transforms import apply_affine, make_test_plan
+from keras_ehrnet.inference.video import read_json_lines
+from keras_ehrnet.keypoints import COCO_FLIP_INDEX
 
 IMAGE_SIZE = (240, 320)
 
@@ -129,7 +131,7 @@ def test_a_fixed_input_size_letterboxes_a_model_that_takes_any_size():
 def test_input_size_on_the_command_line():
     import argparse
 
-    from keras_ehrnet.transforms import parse_input_size
+    from keras_ehrnet.inference.transforms import parse_input_size
 
     assert parse_input_size("384") == 384
     assert parse_input_size("192X288") == (192, 288)
@@ -243,7 +245,7 @@ def test_predict_files_writes_json_drawings_and_video(tmp_path):
         assert len(payload["people"][0]["keypoints"]) == 17 and payload["keypoint_names"][0] == "nose"
         drawn = cv2.imread(str(out / f"{stem}.jpg"))
         assert drawn.shape[:2] == IMAGE_SIZE and np.abs(drawn.astype(int) - 90).max() > 50
-    frames = json.loads((out / "clip.json").read_text())["frames"]
+    frames = read_json_lines(out / "clip.jsonl")
     assert len(frames) == 3 and all(len(f["people"]) == 2 for f in frames)
     assert (out / "clip.mp4").stat().st_size > 0
 

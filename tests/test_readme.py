@@ -66,13 +66,16 @@ def test_quickstart_writes_everything_it_lists(tmp_path, capsys):
 
 
 def test_python_snippet_computes_what_its_comments_say():
-    (snippet,) = code_blocks(README, "python")
+    snippet, video = code_blocks(README, "python")  # the second ("Video and tracking") continues the first
     scope: dict = {}
     exec(compile(snippet, str(README), "exec"), scope)
     assert tuple(scope["quarter"].shape) == (1, 96, 96, 34)
     assert tuple(scope["half"].shape) == (1, 192, 192, 17)
     assert scope["model"].config.name == "H-4"
     assert isinstance(scope["people"], list)
+    exec(compile(video, str(README), "exec"), scope)
+    assert scope["tracker"].frame == 0
+    assert all(isinstance(p.track_id, int) and p.track_id >= 1 for p in scope["people"])
 
 
 def _checkpoint(path) -> None:

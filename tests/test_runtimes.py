@@ -8,18 +8,18 @@ parity is in test_export.py.
 import numpy as np
 import pytest
 
-from keras_ehrnet.runtimes import (
+from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
+from keras_ehrnet.deploy.runtimes import (
     KerasRunner,
     OnnxRunner,
-    RuntimeUnavailableError,
     SavedModelRunner,
     TFLiteRunner,
-    default_num_threads,
     load_runner,
     order_outputs,
     tflite_precision,
     to_uint8,
 )
+from keras_ehrnet.threads import available_cores
 
 J = 3
 SIZE = 64
@@ -55,7 +55,7 @@ def pixels():
 
 @pytest.fixture(scope="module")
 def float_savedmodel(tiny, tmp_path_factory):
-    from keras_ehrnet.export.savedmodel import export_savedmodel
+    from keras_ehrnet.deploy.savedmodel import export_savedmodel
 
     return export_savedmodel(tiny, tmp_path_factory.mktemp("tiny") / "sm", (SIZE, SIZE), float_default=True)
 
@@ -128,7 +128,7 @@ _TFLITE: dict = {}
 
 
 def tiny_tflite(float_savedmodel, precision):
-    from keras_ehrnet.export.tflite import tflite_from_savedmodel
+    from keras_ehrnet.deploy.tflite import tflite_from_savedmodel
 
     if precision not in _TFLITE:
         rng = np.random.default_rng(1)
@@ -188,7 +188,7 @@ def test_tflite_runner_resizes_for_the_batch(float_savedmodel, pixels):
 
 
 def test_onnx_runner(tiny, pixels, tmp_path):
-    from keras_ehrnet.export.onnx import export_onnx
+    from keras_ehrnet.deploy.onnx import export_onnx
 
     path = export_onnx(tiny, tmp_path / "tiny.onnx", None)
     runner = load_runner(path, num_threads=1)
@@ -196,7 +196,7 @@ def test_onnx_runner(tiny, pixels, tmp_path):
     assert runner.fixed_input_size is None and runner.num_joints == J and runner.input_dtype == np.float32
     for got, want in zip(runner(pixels), keras_outputs(tiny, pixels)):
         np.testing.assert_allclose(got, want, atol=1e-5)
-    assert load_runner(path).num_threads == default_num_threads()
+    assert load_runner(path).num_threads == available_cores()
 
 
 def test_wrong_or_missing_files_are_named(tmp_path):

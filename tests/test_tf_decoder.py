@@ -8,10 +8,16 @@ import pytest
 import tensorflow as tf
 
 from keras_ehrnet.data import sample_dataset
-from keras_ehrnet.decoding import AggregatedMaps, DecodeConfig, DecodeResult, decode_maps, decode_outputs
-from keras_ehrnet.evaluate import coco_results, coco_summary, load_coco
-from keras_ehrnet.oracle import oracle_maps, oracle_outputs, synthetic_crowd
-from keras_ehrnet.tf_decoder import TFDecoder, greedy_match, group, top_peaks
+from keras_ehrnet.inference.decoding import (
+    AggregatedMaps,
+    DecodeConfig,
+    DecodeResult,
+    decode_maps,
+    decode_outputs,
+)
+from keras_ehrnet.inference.oracle import oracle_maps, oracle_outputs, synthetic_crowd
+from keras_ehrnet.inference.tf_decoder import TFDecoder, greedy_match, group, top_peaks
+from keras_ehrnet.metrics.coco import coco_results, coco_summary, load_coco
 
 
 def as_result(out: dict, plan=None) -> DecodeResult:

@@ -13,8 +13,8 @@ from torch_pth import write_pth
 
 import keras_ehrnet as ke
 from keras_ehrnet.reference_facts import load_state_dict_facts
-from keras_ehrnet.torch_import import guess_level, load_torch_weights, read_torch_checkpoint
-from keras_ehrnet.weights_map import weight_pairs
+from keras_ehrnet.weights.torch_import import guess_level, load_torch_weights, read_torch_checkpoint
+from keras_ehrnet.weights.weights_map import weight_pairs
 
 FIXTURES = ROOT / "tests" / "data" / "torch"
 LEVELS = ["H0", "H-1", "H-2", "H-3", "H-4"]

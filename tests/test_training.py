@@ -208,7 +208,7 @@ def _checkpoint_value(path: str, name: str):
 @pytest.mark.parametrize("level", LEVELS)
 def test_level_configs_hold_the_paper_recipe(level):
     config = load_config(ROOT / "training" / "configs" / f"{level}.yaml")
-    from keras_ehrnet.scaling import get_config
+    from keras_ehrnet.models.scaling import get_config
 
     assert config.model.level == level and config.model.num_joints is None  # from the data: COCO's 17
     assert config.data.input_size == get_config(level).input_size == RELEASED[level][0]
@@ -642,7 +642,8 @@ def test_flip_pairs_given_explicitly_reach_the_dataset():
 
 
 def test_throughput_and_loss_plot(tmp_path):
-    from keras_ehrnet.train import measure_throughput, plot_losses
+    from evaluation.benchmark.train import measure_throughput
+    from keras_ehrnet.train import plot_losses
 
     row = measure_throughput(input_size=R, batch_size=2, steps=3, warmup=1, model_fn=tiny_model, num_joints=J)
     assert row["steps_timed"] == 3 and row["images_per_sec"] > 0 and row["input_size"] == R
@@ -660,7 +661,7 @@ def test_throughput_and_loss_plot(tmp_path):
 @pytest.mark.parametrize("view, scale_type", [("whole", "long"), ("crop", "short")])
 def test_overfit_benchmark_trains_and_scores_what_it_shows(tmp_path, view, scale_type):
     from keras_ehrnet.data import sample_dataset
-    from keras_ehrnet.train.benchmark import overfit
+    from keras_ehrnet.train.overfit import overfit
 
     ann, image_dir = sample_dataset()
     kwargs = dict(input_size=64, batch_size=2, epochs=2, minutes=None, flip_test=False, progress=False)
@@ -691,7 +692,7 @@ def test_overfit_benchmark_trains_and_scores_what_it_shows(tmp_path, view, scale
 
 def test_overfit_benchmark_without_epochs_trains_for_its_time_budget(tmp_path):
     from keras_ehrnet.data import sample_dataset
-    from keras_ehrnet.train.benchmark import overfit
+    from keras_ehrnet.train.overfit import overfit
 
     ann, image_dir = sample_dataset()
     metrics = overfit(
@@ -777,7 +778,7 @@ def _overfit_metrics(ap_curve, steps, ap_after, ap_before=0.0):
 
 
 def test_ap_points_and_learning_rate_changes_come_from_the_run_records():
-    from keras_ehrnet.train.benchmark import ap_points, lr_change_steps
+    from keras_ehrnet.train.overfit import ap_points, lr_change_steps
 
     curve = [{"epoch": 60, "step": 540, "AP": 0.1}, {"epoch": 120, "step": 1080, "AP": 0.25}]
     assert ap_points(_overfit_metrics(curve, 1200, 0.3)) == [(0, 0.0), (540, 0.1), (1080, 0.25), (1200, 0.3)]

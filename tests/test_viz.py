@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 
 from keras_ehrnet.data import sample_dataset
-from keras_ehrnet.viz import ground_truth_people, write_comparison
+from keras_ehrnet.inference.drawing import ground_truth_people, write_comparison
 
 
 def test_ground_truth_people_keep_labelled_joints_only():

@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flip_pairs_arg(text: str) -> list[list[int | str]]:
-    from keras_ehrnet.data.coco import parse_flip_pairs
+    from keras_ehrnet.keypoints import parse_flip_pairs
 
     try:
         return parse_flip_pairs(text)
@@ -151,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from keras_ehrnet.data import DatasetError
     from keras_ehrnet.fileio import OutputPathError
-    from keras_ehrnet.pretrained import BackboneWeightsError
     from keras_ehrnet.train import (
         ConfigError,
         NonFiniteLossError,
@@ -162,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         train,
     )
     from keras_ehrnet.train.config import resolve_num_joints
+    from keras_ehrnet.weights.pretrained import BackboneWeightsError
 
     try:
         config = load_config(args.config) if args.config else TrainConfig()

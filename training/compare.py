@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from keras_ehrnet.train.benchmark import (
+    from keras_ehrnet.train.overfit import (
         AP_AXES,
         OVERFIT_AP_TARGET,
         ap_points,

@@ -16,7 +16,7 @@ from pathlib import Path
 # the real images beside the repository (../shared/data/coco-mini), as in the project layout
 COCO_MINI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "coco-mini"
 AUGMENT = {
-    "none": None,  # the library default: keras_ehrnet.train.benchmark.NO_AUGMENTATION
+    "none": None,  # the library default: keras_ehrnet.train.overfit.NO_AUGMENTATION
     "flip": {"max_rotation": 0.0, "min_scale": 1.0, "max_scale": 1.0, "max_translate": 0.0, "flip_prob": 0.5},
     # the test-time scale, shifted so that people beyond the centred square are seen too
     "shift": {
@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from keras_ehrnet.train import ConfigError
-    from keras_ehrnet.train.benchmark import check_lr_milestones, overfit
     from keras_ehrnet.train.config import parse_override
+    from keras_ehrnet.train.overfit import check_lr_milestones, overfit
 
     if args.epochs is None and not args.minutes:
         print("error: --minutes 0 needs --epochs", file=sys.stderr)

@@ -10,4 +10,5 @@ SUBCOMMANDS = {
     "latency": "Model latency per level and runtime.",
     "report": "The paper's Table 3/4/5 layout for our models, with plots.",
     "gpu": "Our model under JAX and PyTorch vs the reference, on a GPU (or --device cpu); no TensorFlow needed.",
+    "video": "End-to-end video FPS, threaded pipeline against the same stages run sequentially.",
 }

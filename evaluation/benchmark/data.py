@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from keras_ehrnet.data.benchmark import Throughput, available_cores, measure_pipeline, measure_reference
+from evaluation.benchmark.data_timing import Throughput, measure_pipeline, measure_reference
 from keras_ehrnet.fileio import atomic_write_json
+from keras_ehrnet.threads import available_cores
 
 
 def _print(t: Throughput) -> None:

@@ -2,7 +2,7 @@
 
     python -m evaluation.benchmark decode --reference ../EfficientHRNet --json decode.json --plot decode.png
 
-Both decoders get the same ideal network outputs (`keras_ehrnet.oracle`) of the
+Both decoders get the same ideal network outputs (`keras_ehrnet.inference.oracle`) of the
 COCO images (default: the shared coco-mini set) at the chosen input size, then
 of synthetic crowds of 1 … 30 people to show how the time grows with the
 number of people. The reference is the authors' HigherHRNet test code
@@ -23,10 +23,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from keras_ehrnet.decoding import COCO_FLIP_INDEX, DecodeConfig, DecodeResult, ScaleOutputs, decode_outputs
-from keras_ehrnet.evaluate import coco_results, coco_summary, load_coco
 from keras_ehrnet.fileio import atomic_write_json
-from keras_ehrnet.oracle import oracle_outputs, synthetic_crowd
+from keras_ehrnet.inference.decoding import (
+    DecodeConfig,
+    DecodeResult,
+    ScaleOutputs,
+    decode_outputs,
+)
+from keras_ehrnet.inference.oracle import oracle_outputs, synthetic_crowd
+from keras_ehrnet.keypoints import COCO_FLIP_INDEX
+from keras_ehrnet.metrics.coco import coco_results, coco_summary, load_coco
 
 DEFAULT_ANN = (
     Path(__file__).resolve().parents[3] / "shared/data/coco-mini/annotations/person_keypoints_train2017.json"
@@ -290,13 +296,13 @@ def print_report(report: dict) -> None:
 
 def plot_crowd(report: dict, path: str | Path) -> None:
     """PNG: decode ms per image against the number of people, ours and the reference."""
-    from keras_ehrnet.reporting import pyplot, save_figure
+    from keras_ehrnet.metrics.reporting import pyplot, save_figure
 
     plt = pyplot()
     rows = report["crowd"]
     people = [r["people"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    ax.plot(people, [r["ours_ms_median"] for r in rows], "o-", label="keras_ehrnet.decoding")
+    ax.plot(people, [r["ours_ms_median"] for r in rows], "o-", label="keras_ehrnet.inference.decoding")
     if all("reference_ms_median" in r for r in rows):
         ax.plot(
             people, [r["reference_ms_median"] for r in rows], "s--", label="reference (HigherHRNet group.py)"

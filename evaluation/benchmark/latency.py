@@ -6,8 +6,8 @@
 
 Keras runs as a compiled tf.function, without ("keras") and with XLA ("keras-xla"), and with
 BatchNorm folded into the convs ("keras-folded"); every other runtime runs the exported artefact
-through keras_ehrnet.runtimes.load_runner. Randomly initialised levels first get realistic weight
-magnitudes (keras_ehrnet.benchmarking.timing_weights), as a trained model has; the released init
+through keras_ehrnet.deploy.runtimes.load_runner. Randomly initialised levels first get realistic weight
+magnitudes (keras_ehrnet.metrics.benchmarking.timing_weights), as a trained model has; the released init
 would leave activations in the denormal range, which CPUs compute slowly. Runtimes that cannot
 run here (TF-TRT and TensorRT without TensorRT) are listed as skipped with the reason. With
 --reference, the authors' PyTorch model is timed in the same run, eagerly and exported to ONNX on
@@ -21,9 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from keras_ehrnet.benchmarking import DEFAULT_RUNTIMES, RUNTIMES
 from keras_ehrnet.fileio import atomic_write_json, atomic_write_text
-from keras_ehrnet.scaling import PRESET_NAMES
+from keras_ehrnet.metrics.benchmarking import DEFAULT_RUNTIMES, RUNTIMES
+from keras_ehrnet.models.scaling import PRESET_NAMES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,7 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def bench_level(model, args, threads: int, workdir: Path, floor_gflops: float) -> dict:
     import keras_ehrnet as ke
-    from keras_ehrnet.benchmarking import Skipped, floor_ms, prepare_runtime, time_callable
+    from keras_ehrnet.metrics.benchmarking import Skipped, floor_ms, prepare_runtime, time_callable
 
     size = args.input_size or model.config.input_size
     macs = ke.count_macs(model, size)
@@ -133,7 +133,7 @@ def bench_reference(level: str, size: int, args, threads: int, workdir: Path) ->
         ort_infer_fn,
         torch_infer_fn,
     )
-    from keras_ehrnet.benchmarking import time_callable
+    from keras_ehrnet.metrics.benchmarking import time_callable
 
     try:
         model, _ = load_reference_model(args.reference, level)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     import keras_ehrnet as ke
-    from keras_ehrnet.benchmarking import (
+    from keras_ehrnet.metrics.benchmarking import (
         configure_threads,
         latency_markdown,
         machine_info,

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from keras_ehrnet.fileio import atomic_write_json, atomic_write_text
-from keras_ehrnet.scaling import PRESET_NAMES
+from keras_ehrnet.models.scaling import PRESET_NAMES
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     import keras_ehrnet as ke
-    from keras_ehrnet.benchmarking import (
+    from keras_ehrnet.metrics.benchmarking import (
         Skipped,
         configure_threads,
         machine_info,
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         time_callable,
         timing_weights,
     )
-    from keras_ehrnet.reporting import plot_ap_vs_gmacs, plot_latency, report_markdown, report_rows
+    from keras_ehrnet.metrics.reporting import plot_ap_vs_gmacs, plot_latency, report_markdown, report_rows
 
     threads = configure_threads(args.threads)
     info = machine_info()

@@ -11,11 +11,114 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
 
 from keras_ehrnet.fileio import atomic_write_json
+from keras_ehrnet.metrics.benchmarking import CpuMeter, machine_info
+from keras_ehrnet.models.scaling import get_config
+from keras_ehrnet.train.config import config_from_dict
+from keras_ehrnet.train.trainer import Trainer
 
 LEVELS = ("H0", "H-1", "H-2", "H-3", "H-4")
+
+
+def synthetic_batch(batch: int, size: int, num_joints: int, seed: int = 0):
+    """One (images, targets) batch with the data pipeline's structure, for timing."""
+    rng = np.random.default_rng(seed)
+    q, h = size // 4, size // 2
+    heat_q = np.zeros((batch, q, q, num_joints), np.float32)
+    heat_h = np.zeros((batch, h, h, num_joints), np.float32)
+    joints = np.zeros((batch, 30, num_joints, 2), np.int32)
+    for b in range(batch):
+        for p in range(3):
+            ys, xs = rng.integers(0, q, (2, num_joints))
+            heat_q[b, ys, xs, np.arange(num_joints)] = 1.0
+            heat_h[b, 2 * ys, 2 * xs, np.arange(num_joints)] = 1.0
+            joints[b, p, :, 0] = ys * q + xs
+            joints[b, p, :, 1] = 1
+    images = rng.uniform(0, 255, (batch, size, size, 3)).astype(np.float32)
+    targets = {
+        "heatmaps_quarter": heat_q,
+        "heatmaps_half": heat_h,
+        "mask_quarter": np.ones((batch, q, q), np.float32),
+        "mask_half": np.ones((batch, h, h), np.float32),
+        "joints": joints,
+    }
+    return images, targets
+
+
+def measure_throughput(
+    level: str | float = "H-4",
+    *,
+    input_size: int | None = None,
+    batch_size: int = 2,
+    steps: int = 5,
+    warmup: int = 2,
+    mixed_precision: str = "float32",
+    strategy: tf.distribute.Strategy | None = None,
+    model_fn: Callable | None = None,
+    num_joints: int = 17,
+) -> dict[str, Any]:
+    """Training images per second of one level (at its native resolution by default).
+
+    Runs `warmup + steps` real training steps (the first includes tracing) on one repeated
+    in-memory batch per replica and reports the median over the timed steps.
+    """
+    size = int(input_size or get_config(level).input_size)
+    with tempfile.TemporaryDirectory() as workdir:
+        config = config_from_dict(
+            {
+                "model": {"level": level, "num_joints": num_joints},
+                "data": {"input_size": size, "batch_size": batch_size},
+                "train": {
+                    "epochs": 1,
+                    "steps_per_epoch": warmup + steps,
+                    "workdir": workdir,
+                    "mixed_precision": mixed_precision,
+                    "strategy": "default",
+                },
+                "checkpoint": {"every_steps": 10**9},
+                "logging": {"progress": False, "every_steps": 10**9, "images_every_steps": 0},
+            }
+        )
+        strategy = strategy or tf.distribute.get_strategy()
+        global_batch = batch_size * strategy.num_replicas_in_sync
+        images, targets = synthetic_batch(batch_size, size, num_joints)
+
+        def dataset_fn(ctx, epoch):
+            return tf.data.Dataset.from_tensors((images, targets)).repeat(warmup + steps)
+
+        started = time.perf_counter()
+        trainer = Trainer(config, strategy=strategy, model_fn=model_fn, dataset_fn=dataset_fn)
+        trainer.save_models = False
+        with CpuMeter() as meter:
+            result = trainer.fit()
+        total = time.perf_counter() - started
+    rates = [row["images_per_sec"] for row in result.history[warmup:]]
+    seconds = [global_batch / r for r in rates]
+    return {
+        "level": str(level),
+        "input_size": size,
+        "batch_size": global_batch,
+        "replicas": strategy.num_replicas_in_sync,
+        "mixed_precision": mixed_precision,
+        "steps_timed": len(rates),
+        "images_per_sec": float(np.median(rates)),
+        "step_seconds_median": float(np.median(seconds)),
+        "first_step_seconds": float(global_batch / result.history[0]["images_per_sec"]),
+        "total_seconds": total,
+        "final_loss": float(result.history[-1]["loss"]),
+        "machine": machine_info(),
+        **meter.result(),
+        "cpu_warning": meter.warning(),
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,11 +139,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import tensorflow as tf
-
-    from keras_ehrnet.benchmarking import machine_info
-    from keras_ehrnet.train.benchmark import measure_throughput
-
     gpus = tf.config.list_physical_devices("GPU")
     info = machine_info()
     device = (

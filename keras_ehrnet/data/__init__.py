@@ -11,22 +11,20 @@ import importlib
 from pathlib import Path
 
 from keras_ehrnet.data.augment import AffineParams, AugmentConfig
-from keras_ehrnet.data.coco import (
-    CocoKeypoints,
-    DatasetError,
-    ImageError,
-    ImageRecord,
-    SkipLog,
-    infer_flip_index,
-    load_image,
-)
+from keras_ehrnet.errors import DatasetError, ImageError
+from keras_ehrnet.keypoints import infer_flip_index
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 
-# The tf.data pipeline and the target renderers need TensorFlow: imported on first use (PEP 562),
-# so the COCO reader and the augmentation import without it.
+# The tf.data pipeline and the target renderers need TensorFlow, the COCO reader pycocotools:
+# imported on first use (PEP 562), so `keras_ehrnet.data.validate` (which the drawing code reads
+# annotations with) imports with neither.
 _LAZY = {
+    "CocoKeypoints": "coco",
+    "ImageRecord": "coco",
+    "SkipLog": "coco",
+    "load_image": "coco",
     "Sample": "pipeline",
     "build_dataset": "pipeline",
     "load_sample": "pipeline",

@@ -11,29 +11,34 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
+
+from keras_ehrnet.data.validate import (
+    check_annotations,
+    check_images,
+    decode_image_file,
+    keypoint_categories,
+    load_annotation_json,
+    problems_error,
+)
+from keras_ehrnet.errors import DatasetError
+from keras_ehrnet.keypoints import (
+    KeypointSet,
+    parse_skeleton,
+    resolve_flip_index,
+)
 
 log = logging.getLogger("keras_ehrnet.data")
 
 # Show a progress bar for the annotation pass only when it is long enough to notice.
 _PROGRESS_MIN_IMAGES = 5000
-
-
-class DatasetError(ValueError):
-    """A dataset record (annotation file, image or annotation) that cannot give correct targets."""
-
-
-class ImageError(DatasetError):
-    """An image file that is missing, cannot be decoded, is truncated or has the wrong size."""
 
 
 @dataclass
@@ -104,128 +109,17 @@ class ImageRecord:
         return mask_utils.decode(self.ignore_rle)
 
 
-_SIDE_TOKEN = re.compile(r"(?<![a-z])(left|right|l|r)(?![a-z])")
-_SWAP = {"left": "right", "right": "left", "l": "r", "r": "l"}
-
-
-def infer_flip_index(names: Sequence[str]) -> list[int]:
-    """Left/right permutation of the keypoints from their names.
-
-    Sides are whole tokens: `left_eye`/`right_eye`, `eye_l`/`eye_r`, `L_knee`/`R_knee`.
-    Keypoints without a side map to themselves. A name that mentions a side without a
-    partner raises, since guessing would silently train mirrored joints.
-    """
-    lowered = [n.lower() for n in names]
-    position = {n: i for i, n in enumerate(lowered)}
-    if len(position) != len(names):
-        raise DatasetError(f"keypoint names are not unique: {list(names)}")
-    index = []
-    for i, name in enumerate(lowered):
-        partner = _SIDE_TOKEN.sub(lambda m: _SWAP[m.group(1)], name)
-        if partner != name:
-            if partner not in position:
-                raise DatasetError(
-                    f"keypoint {names[i]!r} names a side but {partner!r} is not a keypoint; "
-                    "pass flip_pairs explicitly"
-                )
-            index.append(position[partner])
-        elif "left" in name or "right" in name:
-            raise DatasetError(
-                f"cannot tell the side of keypoint {names[i]!r} from its name; pass flip_pairs explicitly"
-            )
-        else:
-            index.append(i)
-    return index
-
-
-def flip_index_from_pairs(pairs: Sequence[Sequence[int | str]], names: Sequence[str]) -> list[int]:
-    """Permutation of length J from left/right pairs given as 0-based indices or keypoint names."""
-    j = len(names)
-    lookup = {n: i for i, n in enumerate(names)}
-    index = list(range(j))
-    seen: set[int] = set()
-    for pair in pairs:
-        if len(pair) != 2:
-            raise DatasetError(f"flip pair {pair!r} must have two entries")
-        a, b = (lookup[p] if isinstance(p, str) and p in lookup else p for p in pair)
-        for k in (a, b):
-            if not isinstance(k, (int, np.integer)) or not 0 <= k < j:
-                raise DatasetError(f"flip pair {pair!r}: {k!r} is not a keypoint (names: {list(names)})")
-            if k in seen:
-                raise DatasetError(f"flip pair {pair!r}: keypoint {k} appears in more than one pair")
-            seen.add(int(k))
-        index[a], index[b] = int(b), int(a)
-    return index
-
-
-@dataclass(frozen=True)
-class KeypointSet:
-    """A dataset's keypoints: names, skeleton (0-based links) and flip permutation."""
-
-    names: tuple[str, ...]
-    skeleton: tuple[tuple[int, int], ...]
-    flip_index: tuple[int, ...]
-
-    @property
-    def num_joints(self) -> int:
-        return len(self.names)
-
-
-def parse_flip_pairs(text: str) -> list[list[int | str]]:
-    """Command-line flip pairs "l_eye:r_eye,3:4" → [["l_eye", "r_eye"], [3, 4]] (digits: 0-based indices)."""
-    pairs: list[list[int | str]] = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        sides = [side.strip() for side in item.split(":")]
-        if len(sides) != 2 or not all(sides):
-            raise ValueError(f"flip pair {item!r}: expected LEFT:RIGHT")
-        pairs.append([int(side) if side.isdigit() else side for side in sides])
-    return pairs
-
-
-def parse_skeleton(links, num_joints: int, where: str | os.PathLike = "") -> tuple[tuple[int, int], ...]:
-    """A category's 1-based `skeleton` links as 0-based pairs; links that name no keypoint are dropped.
-
-    The skeleton is only drawn, so a link that names no keypoint (CrowdPose's official files
-    carry COCO's 17-keypoint skeleton for their 14 keypoints) is dropped with one warning for
-    the whole list rather than refusing the file.
-    """
-    pairs, dropped = [], []
-    for link in links if isinstance(links, list) else []:
-        try:
-            a, b = (int(v) - 1 for v in link)  # COCO skeletons are 1-based
-        except (TypeError, ValueError):
-            dropped.append(link)
-            continue
-        if 0 <= a < num_joints and 0 <= b < num_joints and a != b:
-            pairs.append((a, b))
-        else:
-            dropped.append(link)
-    if dropped:
-        shown = ", ".join(str(d) for d in dropped[:3]) + (" …" if len(dropped) > 3 else "")
-        log.warning(
-            "%s: %d of %d skeleton links name no keypoint of the %d (%s): dropped (the skeleton is only drawn)",
-            where,
-            len(dropped),
-            len(links),
-            num_joints,
-            shown,
-        )
-    return tuple(pairs)
-
-
 def keypoint_set(
     ann_file: str | os.PathLike, flip_pairs: Sequence[Sequence[int | str]] | None = None
 ) -> KeypointSet:
     """The keypoint category of a COCO-format file (no images needed): for predicting and
     drawing with a model trained on that keypoint set. Flip pairs as in `CocoKeypoints`."""
-    from keras_ehrnet.data.validate import keypoint_categories, load_annotation_json
-
     ann_file = Path(ann_file)
     cat = keypoint_categories(load_annotation_json(ann_file), ann_file)[0]
     names = tuple(str(n) for n in cat["keypoints"])
     skeleton = parse_skeleton(cat.get("skeleton"), len(names), ann_file)
     try:
-        flip = flip_index_from_pairs(flip_pairs, names) if flip_pairs is not None else infer_flip_index(names)
+        flip = resolve_flip_index(names, flip_pairs)
     except DatasetError as err:
         raise DatasetError(f"{ann_file}: {err}") from None
     return KeypointSet(names, skeleton, tuple(flip))
@@ -297,8 +191,6 @@ class CocoKeypoints:
         validate_images: str = "header",
         progress: bool = True,
     ) -> None:
-        from keras_ehrnet.data.validate import check_annotations, check_images
-
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
         self.skip_log = skip_log if skip_log is not None else SkipLog()
@@ -317,10 +209,7 @@ class CocoKeypoints:
         self.coco = checked.coco()
         self.skeleton = list(parse_skeleton(cats[0].get("skeleton"), self.num_joints, self.ann_file))
         try:
-            if flip_pairs is None:
-                self.flip_index = infer_flip_index(self.keypoint_names)
-            else:
-                self.flip_index = flip_index_from_pairs(flip_pairs, self.keypoint_names)
+            self.flip_index = resolve_flip_index(self.keypoint_names, flip_pairs)
         except DatasetError as err:
             raise DatasetError(f"{self.ann_file}: {err}") from None
         self._check_files = validate_images == "off"  # else check_images names missing files
@@ -334,8 +223,6 @@ class CocoKeypoints:
         )
         if problems:
             if not skip_invalid:
-                from keras_ehrnet.data.validate import problems_error
-
                 raise problems_error(problems, "; data.skip_invalid=true skips such images")
             for p in problems:
                 self.skip_log.add(p.image_id, str(p.image_file), p.message)
@@ -441,49 +328,6 @@ class CocoKeypoints:
             ann_ids=tuple(int(a.get("id", -1)) for a in anns),
             ignore_rle=ignore_rle,
         )
-
-
-def jpeg_is_complete(data: bytes) -> bool:
-    """True if the JPEG's last scan is closed by an end-of-image marker.
-
-    Entropy-coded data never holds 0xFFD9 (0xFF bytes are stuffed), so a file cut short has
-    no end-of-image marker after its last start-of-scan marker. `data` may be the whole file
-    or only its last bytes.
-    """
-    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
-
-
-def decode_image_file(
-    path: str | os.PathLike, width: int, height: int, image_id: object = None
-) -> np.ndarray:
-    """Decode an image file as RGB uint8 [height, width, 3], checking it against the JSON's size.
-
-    Grayscale, RGBA and 16-bit files become 8-bit RGB; EXIF orientation is ignored, as COCO
-    annotates the stored pixels. Raises ImageError naming the file (and the image id) for
-    missing, empty, undecodable, truncated or wrongly sized images.
-    """
-    where = f"{path}" + (f" (image id {image_id})" if image_id is not None else "")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ImageError(f"cannot read image {where}: {e.strerror or e}") from None
-    if not data:
-        raise ImageError(f"image file {where} is empty (0 bytes)")
-    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
-        raise ImageError(f"truncated JPEG {where}")
-    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
-    flags = (cv2.IMREAD_COLOR if rgb is None else rgb) | cv2.IMREAD_IGNORE_ORIENTATION
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    except cv2.error as e:  # OpenCV raises for some malformed buffers instead of returning None
-        raise ImageError(f"cannot decode image {where}: {str(e).strip().splitlines()[-1]}") from None
-    if image is None:
-        raise ImageError(f"cannot decode image {where}: not a readable image file")
-    if image.shape[:2] != (height, width):
-        h, w = image.shape[:2]
-        raise ImageError(f"image {where} is {w}x{h} but its annotation says {width}x{height}")
-    return image if rgb is not None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
 
 
 def load_image(record: ImageRecord) -> np.ndarray:

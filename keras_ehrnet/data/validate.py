@@ -34,11 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
-from keras_ehrnet.data.coco import DatasetError, ImageError, decode_image_file, jpeg_is_complete
-from keras_ehrnet.data.dataset_info import BBOX_AREA_FACTOR
+from keras_ehrnet.errors import DatasetError, ImageError
+from keras_ehrnet.keypoints import BBOX_AREA_FACTOR
 
 log = logging.getLogger("keras_ehrnet.data")
 
@@ -47,6 +48,49 @@ IMAGE_CHECKS = ("header", "full", "off")
 _PROGRESS_MIN_IMAGES = 2000
 _TAIL_BYTES = 1 << 16
 _PNG_END = b"IEND\xaeB`\x82"
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """True if the JPEG's last scan is closed by an end-of-image marker.
+
+    Entropy-coded data never holds 0xFFD9 (0xFF bytes are stuffed), so a file cut short has
+    no end-of-image marker after its last start-of-scan marker. `data` may be the whole file
+    or only its last bytes.
+    """
+    return data.rfind(b"\xff\xd9") > data.rfind(b"\xff\xda")
+
+
+def decode_image_file(
+    path: str | os.PathLike, width: int, height: int, image_id: object = None
+) -> np.ndarray:
+    """Decode an image file as RGB uint8 [height, width, 3], checking it against the JSON's size.
+
+    Grayscale, RGBA and 16-bit files become 8-bit RGB; EXIF orientation is ignored, as COCO
+    annotates the stored pixels. Raises ImageError naming the file (and the image id) for
+    missing, empty, undecodable, truncated or wrongly sized images.
+    """
+    where = f"{path}" + (f" (image id {image_id})" if image_id is not None else "")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ImageError(f"cannot read image {where}: {e.strerror or e}") from None
+    if not data:
+        raise ImageError(f"image file {where} is empty (0 bytes)")
+    if data[:2] == b"\xff\xd8" and not jpeg_is_complete(data):
+        raise ImageError(f"truncated JPEG {where}")
+    rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes straight to RGB
+    flags = (cv2.IMREAD_COLOR if rgb is None else rgb) | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    except cv2.error as e:  # OpenCV raises for some malformed buffers instead of returning None
+        raise ImageError(f"cannot decode image {where}: {str(e).strip().splitlines()[-1]}") from None
+    if image is None:
+        raise ImageError(f"cannot decode image {where}: not a readable image file")
+    if image.shape[:2] != (height, width):
+        h, w = image.shape[:2]
+        raise ImageError(f"image {where} is {w}x{h} but its annotation says {width}x{height}")
+    return image if rgb is not None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)
 
 
 @dataclass(frozen=True)

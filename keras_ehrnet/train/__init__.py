@@ -12,7 +12,7 @@ so `keras_ehrnet.train.fit` and the config tools import without TensorFlow.
 import importlib
 
 _HOMES = {
-    "benchmark": ("measure_throughput", "overfit", "plot_ap_curves", "plot_losses"),
+    "overfit": ("overfit", "plot_ap_curves", "plot_losses"),
     "config": (
         "CheckpointConfig",
         "ConfigError",
@@ -91,7 +91,6 @@ __all__ = [
     "load_initial_weights",
     "make_schedule",
     "make_strategy",
-    "measure_throughput",
     "overfit",
     "plot_ap_curves",
     "plot_losses",

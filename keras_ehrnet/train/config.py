@@ -29,7 +29,11 @@ from typing import Any
 
 import yaml
 
-from keras_ehrnet.scaling import DROP_CONNECT_RATE, check_drop_connect_rate, get_config
+from keras_ehrnet.data.validate import keypoint_categories, load_annotation_json
+from keras_ehrnet.fileio import atomic_write_text
+from keras_ehrnet.keypoints import find_dataset_info
+from keras_ehrnet.models.scaling import DROP_CONNECT_RATE, HR_INITS, check_drop_connect_rate, get_config
+from keras_ehrnet.weights.pretrained import check_backbone_weights
 
 
 class ConfigError(ValueError):
@@ -47,7 +51,7 @@ class ModelConfig:
     hr_init: str = "released"  # or "he": the HR part initialised like the backbone (from scratch)
     drop_connect_rate: float = DROP_CONNECT_RATE  # backbone stochastic depth (released: 0.2)
     # start the backbone from ImageNet: "imagenet" (H0, Keras' EfficientNetB0) or a weights file
-    # (see keras_ehrnet.pretrained); train.init, if given, is loaded over it; --resume skips it
+    # (see keras_ehrnet.weights.pretrained); train.init, if given, is loaded over it; --resume skips it
     backbone_weights: str | None = None
 
 
@@ -179,8 +183,6 @@ class TrainConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the YAML atomically (a kill never leaves a half-written config)."""
-        from keras_ehrnet.fileio import atomic_write_text
-
         atomic_write_text(path, self.to_yaml())
 
 
@@ -342,9 +344,6 @@ def resolve_num_joints(config: TrainConfig, announce: Callable[[str], None] | No
         return config
     num_joints, origin = 17, "COCO's, no data.train_ann"
     if config.data.train_ann:
-        from keras_ehrnet.data.dataset_info import find_dataset_info
-        from keras_ehrnet.data.validate import keypoint_categories, load_annotation_json
-
         path = config.data.train_ann
         names = keypoint_categories(load_annotation_json(path), path)[0]["keypoints"]
         info = find_dataset_info(names)
@@ -366,13 +365,9 @@ def validate(config: TrainConfig, source: str = "config") -> None:
         fail("model.level", f"= {config.model.level!r} is not a level: {err}")
     if config.model.num_joints is not None and config.model.num_joints < 1:
         fail("model.num_joints", f"must be >= 1, got {config.model.num_joints}")
-    from keras_ehrnet.blocks import HR_INITS
-
     if config.model.hr_init not in HR_INITS:
         fail("model.hr_init", f"must be one of {HR_INITS}, got {config.model.hr_init!r}")
     if config.model.backbone_weights is not None:
-        from keras_ehrnet.pretrained import check_backbone_weights
-
         try:
             check_backbone_weights(
                 get_config(config.model.level), config.model.backbone_weights, file_must_exist=False

@@ -18,6 +18,9 @@ import keras
 import numpy as np
 import yaml
 
+from keras_ehrnet.fileio import check_keras_archive
+from keras_ehrnet.models.model import build_model
+from keras_ehrnet.models.scaling import DROP_CONNECT_RATE
 from keras_ehrnet.train.config import ConfigError
 
 BACKBONE_PATTERN = re.compile(r"^(stem_|block\d+_)")
@@ -112,9 +115,6 @@ def _source_model_from_workdir(path: Path) -> keras.Model:
     """Rebuild the model of a training workdir (its config.yaml) and restore its latest checkpoint."""
     import tensorflow as tf
 
-    from keras_ehrnet.model import build_model
-    from keras_ehrnet.scaling import DROP_CONNECT_RATE
-
     workdir = path if (path / "config.yaml").is_file() else path.parent
     config_file = workdir / "config.yaml"
     if not config_file.is_file():
@@ -178,15 +178,11 @@ def _first_line(err: BaseException) -> str:
 
 def _load_keras_source(path: Path) -> keras.Model:
     """Load a `.keras` file, saying what is wrong with one that is not a Keras model archive."""
-    from keras_ehrnet.fileio import check_keras_archive
-
     try:
         check_keras_archive(path)
     except ValueError as err:
         raise ConfigError(f"--init {err}") from None
-    import keras_ehrnet  # noqa: F401  (registers EfficientHRNet for deserialisation)
-
-    try:
+    try:  # the model module, imported above, registers the package's layers
         return keras.saving.load_model(str(path), compile=False)
     except Exception as err:
         raise ConfigError(f"--init {path}: cannot load the Keras model: {_first_line(err)}") from None

@@ -31,7 +31,7 @@ import numpy as np
 from keras import ops
 
 from keras_ehrnet.fileio import atomic_save_model, check_writable
-from keras_ehrnet.losses import EHRNetLoss
+from keras_ehrnet.train.losses import EHRNetLoss
 
 TARGET_KEYS = ("heatmaps_quarter", "heatmaps_half", "mask_quarter", "mask_half", "joints")
 FINAL_MODEL = "final.keras"

@@ -20,7 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from keras_ehrnet.data import sample_dataset
+from keras_ehrnet.deploy.tflite import export_tflite
 from keras_ehrnet.fileio import atomic_path, atomic_write_json, check_writable
+from keras_ehrnet.inference.drawing import write_comparison
+from keras_ehrnet.inference.predictor import Predictor, predict_files
+from keras_ehrnet.metrics.coco import evaluate_coco
+from keras_ehrnet.train.overfit import overfit
 
 # people the exported model scores below this are left out of the drawings (all are scored for AP)
 DRAW_MIN_SCORE = 0.1
@@ -43,7 +49,7 @@ def quickstart(
 ) -> dict[str, Any]:
     """Train `level` on the sample, score COCO AP, export TFLite, predict and draw on the sample.
 
-    The recipe is the overfitting benchmark's (`keras_ehrnet.train.benchmark.overfit`): whole
+    The recipe is the overfitting benchmark's (`keras_ehrnet.train.overfit.overfit`): whole
     images letterboxed into `input_size`², no augmentation, He-initialised HR part, no
     stochastic depth, Adam stepped ×0.1 at 88 % and 96 % of `epochs`. `minutes` is only a
     safety cap for slow machines (a stop by time keeps the model as it stands).
@@ -54,13 +60,6 @@ def quickstart(
     `predictions/*.jpg` with one JSON per image, and the training workdir `train/`.
     Returns the metrics with the paths of those files.
     """
-    from keras_ehrnet.data import sample_dataset
-    from keras_ehrnet.evaluate import evaluate_coco
-    from keras_ehrnet.export.tflite import export_tflite
-    from keras_ehrnet.predictor import Predictor, predict_files
-    from keras_ehrnet.train.benchmark import overfit
-    from keras_ehrnet.viz import write_comparison
-
     started = time.perf_counter()
     out = Path(out_dir)
     ann, images = sample_dataset()

@@ -38,11 +38,15 @@ import keras
 import numpy as np
 
 from keras_ehrnet._tf import tf
+from keras_ehrnet.data import AugmentConfig, CocoKeypoints, build_dataset
 from keras_ehrnet.fileio import atomic_save_model, check_writable, one_line, remove_stale_temporaries
-from keras_ehrnet.losses import EHRNetLoss
+from keras_ehrnet.keypoints import resolve_flip_index
+from keras_ehrnet.metrics.coco import evaluate_coco, keypoint_category, load_coco
+from keras_ehrnet.models.model import build_model
 from keras_ehrnet.train.config import MIXED_PRECISION, ConfigError, TrainConfig, resolve_num_joints
 from keras_ehrnet.train.distribute import is_chief, make_strategy, remove_scratch, write_dir
 from keras_ehrnet.train.finetune import InitReport, freeze_backbone, load_initial_weights
+from keras_ehrnet.train.losses import EHRNetLoss
 from keras_ehrnet.train.monitor import TrainMonitor, heatmap_panel
 from keras_ehrnet.train.optim import build_optimizer, decayed_variables
 
@@ -93,8 +97,6 @@ class CocoTrainData:
     """The training `DatasetFn` over a COCO-format keypoint file (keras_ehrnet.data)."""
 
     def __init__(self, config: TrainConfig, global_batch: int):
-        from keras_ehrnet.data import CocoKeypoints
-
         d = config.data
         if not d.train_ann or not d.train_images:
             raise ConfigError("data.train_ann and data.train_images are needed (--train-ann, --train-images)")
@@ -119,8 +121,6 @@ class CocoTrainData:
         self.num_examples = len(self.dataset)
 
     def __call__(self, ctx: tf.distribute.InputContext, epoch: int) -> tf.data.Dataset:
-        from keras_ehrnet.data import AugmentConfig, build_dataset
-
         d = self.config.data
         augment = AugmentConfig(
             max_rotation=d.max_rotation,
@@ -157,15 +157,10 @@ def coco_validation(config: TrainConfig) -> Callable[[keras.Model], dict]:
             raise FileNotFoundError(f"{key}: no such {'file' if is_file else 'folder'}: {p}")
     flip_index = None
     if d.flip_pairs is not None:
-        from keras_ehrnet.data.coco import flip_index_from_pairs
-        from keras_ehrnet.evaluate import keypoint_category, load_coco
-
         names = keypoint_category(load_coco(d.val_ann))["keypoints"]
-        flip_index = flip_index_from_pairs(d.flip_pairs, names)
+        flip_index = resolve_flip_index(names, d.flip_pairs)
 
     def evaluate(model: keras.Model) -> dict:
-        from keras_ehrnet.evaluate import evaluate_coco
-
         return evaluate_coco(
             model,
             d.val_ann,
@@ -300,8 +295,6 @@ class Trainer:
             if model_fn is not None:
                 model = model_fn()
             else:
-                from keras_ehrnet.model import build_model
-
                 model = build_model(
                     c.model.level,
                     num_joints=c.model.num_joints,

@@ -1,0 +1,1 @@
+"""Measuring: COCO keypoint AP, timing statistics, and the tables and plots that report them."""

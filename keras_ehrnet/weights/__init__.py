@@ -1,0 +1,1 @@
+"""Weights from elsewhere: the released PyTorch checkpoints (name map, import) and the ImageNet start."""

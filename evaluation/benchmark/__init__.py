@@ -11,5 +11,6 @@ SUBCOMMANDS = {
     "latency": "Model latency per level and runtime.",
     "report": "The paper's Table 3/4/5 layout for our models, with plots.",
     "int8": "COCO AP of a trained model as fp32 and full-integer int8 TFLite, and where int8 loses it.",
+    "gpu": "Our model under JAX and PyTorch vs the reference, on a GPU (or --device cpu); no TensorFlow needed.",
     "video": "End-to-end video FPS, threaded pipeline against the same stages run sequentially.",
 }

@@ -11,7 +11,8 @@ bit for bit on float32 input.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+
+from keras_ehrnet._tf import tf
 
 
 def _radius(sigma: float) -> int:

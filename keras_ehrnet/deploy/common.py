@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
+from keras_ehrnet._tf import tf
 from keras_ehrnet.fileio import atomic_write_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")

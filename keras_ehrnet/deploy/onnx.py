@@ -16,8 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import tensorflow as tf
-
+from keras_ehrnet._tf import tf
 from keras_ehrnet.deploy.artefact import INPUT_NAME
 from keras_ehrnet.deploy.common import model_metadata
 from keras_ehrnet.fileio import atomic_path

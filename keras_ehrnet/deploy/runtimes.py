@@ -119,12 +119,14 @@ def _set_tf_threads(num_threads: int | None) -> None:
 
 
 class KerasRunner(Runner):
-    """An in-memory Keras model (or a `.keras` file), called through one compiled tf.function."""
+    """An in-memory Keras model (or a `.keras` file), compiled once for the active Keras backend
+    (a tf.function on TensorFlow, jax.jit on JAX, eager no-grad on PyTorch)."""
 
     def __init__(self, model: Any, *, num_threads: int | None = None, path: Path | None = None):
-        import tensorflow as tf
+        from keras_ehrnet.backend import backend_name, inference_fn
 
-        _set_tf_threads(num_threads)
+        if backend_name() == "tensorflow":
+            _set_tf_threads(num_threads)
         self.model = model
         self.name = "keras"
         self.path = path
@@ -135,11 +137,11 @@ class KerasRunner(Runner):
         shape = tuple(model.inputs[0].shape[1:3]) if getattr(model, "inputs", None) else (None, None)
         self.fixed_input_size = tuple(size) if size else (shape if None not in shape else None)
         self.num_joints = getattr(model, "num_joints", None) or int(model.outputs[1].shape[-1])
-        self._fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        self._fn = inference_fn(model)
 
     def _run(self, images):
         quarter, half = self._fn(images)
-        return quarter.numpy(), half.numpy()
+        return quarter, half
 
 
 def _read_savedmodel_metadata(path: Path) -> dict:

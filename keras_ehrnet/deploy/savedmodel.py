@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import keras
-import tensorflow as tf
 
+from keras_ehrnet._tf import tf
 from keras_ehrnet.deploy.artefact import INPUT_NAME, SAVEDMODEL_METADATA
 from keras_ehrnet.deploy.common import decode_image_tf, letterbox_tf, model_metadata, native_size, write_json
 from keras_ehrnet.fileio import atomic_path

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
+from keras_ehrnet._tf import tf
 from keras_ehrnet.deploy.common import DEFAULT_CALIBRATION_IMAGES, calibration_images
 from keras_ehrnet.deploy.savedmodel import export_savedmodel
 from keras_ehrnet.fileio import atomic_write_bytes

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
+from keras_ehrnet._tf import tf
 from keras_ehrnet.deploy.artefact import SAVEDMODEL_METADATA, RuntimeUnavailableError
 from keras_ehrnet.deploy.common import (
     DEFAULT_CALIBRATION_IMAGES,

@@ -29,8 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import tensorflow as tf
-
+from keras_ehrnet._tf import tf
 from keras_ehrnet.inference.decoding import DecodeConfig
 
 # People tracked while grouping, as a multiple of max_people (the Python decoder keeps every

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
 
 
 @keras.saving.register_keras_serializable(package="keras_ehrnet")
@@ -14,6 +13,7 @@ class NearestUpsampling2D(keras.layers.Layer):
     Keras' `UpSampling2D(f)` (output pixel i reads input pixel i // f), but it
     lowers to a single resize op in TensorFlow, TFLite and ONNX instead of
     Keras' repeat (reshape/tile) chains, which cost time in every runtime.
+    On JAX and PyTorch it is two `keras.ops.repeat`s (the same values by definition).
     """
 
     def __init__(self, factor: int = 2, **kwargs):
@@ -24,6 +24,10 @@ class NearestUpsampling2D(keras.layers.Layer):
 
     def call(self, inputs):
         f = self.factor
+        if keras.backend.backend() != "tensorflow":
+            return keras.ops.repeat(keras.ops.repeat(inputs, f, axis=1), f, axis=2)
+        import tensorflow as tf
+
         h, w = inputs.shape[1], inputs.shape[2]
         if h is not None and w is not None:
             size = (h * f, w * f)

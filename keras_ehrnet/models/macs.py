@@ -1,12 +1,55 @@
-"""Multiply-add counting for any Keras model, from its traced TensorFlow graph."""
+"""Multiply-add counting for any Keras model, from its layer graph (any Keras backend)."""
 
 from __future__ import annotations
 
-import numpy as np
-import tensorflow as tf
+from collections.abc import Callable
+from typing import Any
 
-# Op types counted, and how: MACs = output elements × reduction length.
-_CONV_OPS = ("Conv2D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul", "BatchMatMulV2")
+import keras
+import numpy as np
+
+KINDS = ("conv2d", "conv2d_depthwise", "conv_transpose2d", "dense")
+
+
+def _is_graph(op) -> bool:
+    """A functional model (or any Keras Function): a graph of layers to walk through."""
+    return hasattr(op, "_run_through_graph") and hasattr(op, "_nodes_by_depth")
+
+
+def _walk_specs(graph, inputs, record: Callable) -> Any:
+    """Run the layer graph on symbolic tensors; `record(layer, inputs, output)` at every layer call."""
+
+    def operation_fn(op):
+        def call(*args, **kwargs):
+            if _is_graph(op):
+                return _walk_specs(op, args[0], record)
+            kwargs.pop("training", None)
+            out = op.compute_output_spec(*args, **kwargs)
+            record(op, args, out)
+            return out
+
+        return call
+
+    return graph._run_through_graph(inputs, operation_fn=operation_fn)
+
+
+def _layer_macs(layer, in_shape: tuple, out_shape: tuple) -> tuple[str, int] | None:
+    """(kind, MACs) of one call of a counted layer, None for the others."""
+    out = int(np.prod(out_shape))
+    # Subclasses first: DepthwiseConv2D and Conv2DTranspose are not Conv2D subclasses in Keras 3,
+    # but test them before Conv2D anyway so that the order never matters.
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kh, kw = layer.kernel_size
+        return "conv2d_depthwise", out * kh * kw
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        kh, kw = layer.kernel_size
+        return "conv_transpose2d", int(np.prod(in_shape)) * kh * kw * layer.filters
+    if isinstance(layer, keras.layers.Conv2D):
+        kh, kw = layer.kernel_size
+        return "conv2d", out * kh * kw * (in_shape[-1] // layer.groups)
+    if isinstance(layer, keras.layers.Dense):
+        return "dense", out * int(in_shape[-1])
+    return None
 
 
 def count_macs(model, input_size: int | tuple[int, int], *, by_kind: bool = False):
@@ -16,31 +59,19 @@ def count_macs(model, input_size: int | tuple[int, int], *, by_kind: bool = Fals
     reference counts them: a conv's output elements × k·k·C_in/groups; a transposed
     conv's input elements × k·k·C_out. With `by_kind=True` returns a dict with
     "conv2d", "conv2d_depthwise", "conv_transpose2d", "dense" and "total".
+    The shapes come from walking the Keras layer graph on symbolic tensors (no backend graph
+    is traced, so it works on TensorFlow, JAX and PyTorch alike); it equals the count from
+    TensorFlow's traced graph for every level (tests/test_backends.py).
     """
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    spec = tf.TensorSpec([1, h, w, 3], tf.float32)
-    fn = tf.function(lambda x: model(x, training=False))
-    graph = fn.get_concrete_function(spec).graph
-    kinds = {"conv2d": 0, "conv2d_depthwise": 0, "conv_transpose2d": 0, "dense": 0}
-    for op in graph.get_operations():
-        if op.type not in _CONV_OPS:
-            continue
-        out = op.outputs[0].shape
-        if op.type == "Conv2D":
-            kh, kw, cin, _ = op.inputs[1].shape
-            kinds["conv2d"] += int(np.prod(out)) * kh * kw * cin
-        elif op.type == "DepthwiseConv2dNative":
-            kh, kw, _, _ = op.inputs[1].shape
-            kinds["conv2d_depthwise"] += int(np.prod(out)) * kh * kw
-        elif op.type == "Conv2DBackpropInput":
-            kh, kw, cout, _ = op.inputs[1].shape
-            x = op.inputs[2].shape  # the transposed conv's input
-            kinds["conv_transpose2d"] += int(np.prod(x)) * kh * kw * cout
-        else:
-            a, b = op.inputs[0].shape, op.inputs[1].shape
-            transpose_a = op.get_attr("transpose_a") if op.type == "MatMul" else op.get_attr("adj_x")
-            k = a[-2] if transpose_a else a[-1]
-            kinds["dense"] += int(np.prod(out)) * int(k)
-            del b
+    kinds = dict.fromkeys(KINDS, 0)
+
+    def record(layer, args, out) -> None:
+        inputs = keras.tree.flatten(args)
+        counted = _layer_macs(layer, tuple(inputs[0].shape), tuple(keras.tree.flatten(out)[0].shape))
+        if counted:
+            kinds[counted[0]] += counted[1]
+
+    _walk_specs(model, keras.KerasTensor((1, h, w, 3), dtype="float32"), record)
     kinds["total"] = sum(kinds.values())
     return kinds if by_kind else kinds["total"]

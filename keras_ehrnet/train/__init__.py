@@ -3,39 +3,60 @@
 from keras_ehrnet.train import load_config, train
 config = load_config("training/configs/H-4.yaml", ["data.train_ann=ann.json", "data.train_images=img/"])
 result = train(config)  # or Trainer(config, strategy=..., dataset_fn=...).fit()
+
+That loop needs TensorFlow. On JAX or PyTorch (or TensorFlow) `keras_ehrnet.train.fit.fit` trains
+the same model with the same loss through `model.fit`. The names below are imported on first use,
+so `keras_ehrnet.train.fit` and the config tools import without TensorFlow.
 """
 
-from keras_ehrnet.train.config import (
-    CheckpointConfig,
-    ConfigError,
-    DataConfig,
-    LoggingConfig,
-    LossConfig,
-    ModelConfig,
-    OptimizerConfig,
-    TrainConfig,
-    TrainSection,
-    ValidationConfig,
-    apply_overrides,
-    config_from_dict,
-    load_config,
-)
-from keras_ehrnet.train.distribute import is_chief, make_strategy
-from keras_ehrnet.train.finetune import InitReport, backbone_layers, freeze_backbone, load_initial_weights
-from keras_ehrnet.train.monitor import TrainMonitor, heatmap_panel
-from keras_ehrnet.train.optim import build_optimizer, decayed_variables, make_schedule
-from keras_ehrnet.train.overfit import overfit, plot_ap_curves, plot_losses
-from keras_ehrnet.train.schedules import StepDecayWarmup
-from keras_ehrnet.train.trainer import (
-    CocoTrainData,
-    DatasetFn,
-    NonFiniteLossError,
-    Trainer,
-    TrainingFailedError,
-    TrainResult,
-    coco_validation,
-    train,
-)
+import importlib
+
+_HOMES = {
+    "overfit": ("overfit", "plot_ap_curves", "plot_losses"),
+    "config": (
+        "CheckpointConfig",
+        "ConfigError",
+        "DataConfig",
+        "LoggingConfig",
+        "LossConfig",
+        "ModelConfig",
+        "OptimizerConfig",
+        "TrainConfig",
+        "TrainSection",
+        "ValidationConfig",
+        "apply_overrides",
+        "config_from_dict",
+        "load_config",
+    ),
+    "distribute": ("is_chief", "make_strategy"),
+    "finetune": ("InitReport", "backbone_layers", "freeze_backbone", "load_initial_weights"),
+    "monitor": ("TrainMonitor", "heatmap_panel"),
+    "optim": ("build_optimizer", "decayed_variables", "make_schedule"),
+    "schedules": ("StepDecayWarmup",),
+    "trainer": (
+        "CocoTrainData",
+        "DatasetFn",
+        "NonFiniteLossError",
+        "Trainer",
+        "TrainingFailedError",
+        "TrainResult",
+        "coco_validation",
+        "train",
+    ),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+
+
+def __getattr__(name: str):
+    """Import a public name's module on first use (PEP 562); TensorFlow-only ones say so if it is missing."""
+    module = _HOME_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keras_ehrnet.train' has no attribute {name!r}")
+    # A TensorFlow-only module raises TensorFlowRequiredError (one line naming it) when TF is missing.
+    value = getattr(importlib.import_module(f"keras_ehrnet.train.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CheckpointConfig",

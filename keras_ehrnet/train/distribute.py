@@ -7,8 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-import tensorflow as tf
-
+from keras_ehrnet._tf import tf
 from keras_ehrnet.train.config import ConfigError
 
 

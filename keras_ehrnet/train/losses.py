@@ -7,33 +7,36 @@
   form, weighted 1e-3 (push) and 1e-3 (pull).
 
 Every function returns one value per sample, so the training loop decides
-how to reduce over the (global) batch. Everything is vectorised TF: it runs
-inside `tf.function` and under any `tf.distribute` strategy.
+how to reduce over the (global) batch. Everything is vectorised `keras.ops`: it runs
+on any Keras backend, inside `tf.function` and under any `tf.distribute` strategy on TensorFlow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-import tensorflow as tf
+from keras import ops
+
+Tensor = Any  # a tensor of the active Keras backend (or a NumPy array)
 
 AE_LOSS_TYPES = ("exp", "max")
 LOSS_TERMS = ("heatmaps_quarter", "heatmaps_half", "push", "pull")
 
 
-def heatmap_loss(pred: tf.Tensor, target: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+def heatmap_loss(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Masked squared error per sample: mean over (H, W, J) of (pred - target)² · mask.
 
     pred, target: [B, H, W, J]; mask: [B, H, W] (1 = counted, 0 = ignored).
     Returns [B].
     """
-    pred = tf.cast(pred, tf.float32)
-    target = tf.cast(target, tf.float32)
-    mask = tf.cast(mask, tf.float32)[..., None]
-    return tf.reduce_mean(tf.square(pred - target) * mask, axis=[1, 2, 3])
+    pred = ops.cast(pred, "float32")
+    target = ops.cast(target, "float32")
+    mask = ops.cast(mask, "float32")[..., None]
+    return ops.mean(ops.square(pred - target) * mask, axis=[1, 2, 3])
 
 
-def gather_tags(tags: tf.Tensor, joints: tf.Tensor) -> tf.Tensor:
+def gather_tags(tags: Tensor, joints: Tensor) -> Tensor:
     """Tag value at every joint of every person: [B, P, J].
 
     tags: [B, H, W, C] with C = J (one tag map per joint type) or C = 1;
@@ -41,19 +44,21 @@ def gather_tags(tags: tf.Tensor, joints: tf.Tensor) -> tf.Tensor:
     resolution, [..., 1] the visibility. With C = J, joint slot j reads tag
     channel j.
     """
-    tags = tf.cast(tags, tf.float32)
-    shape = tf.shape(tags)
+    tags = ops.cast(tags, "float32")
+    shape = ops.shape(tags)
     batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
-    flat = tf.reshape(tags, [batch, height * width, channels])
-    index = tf.clip_by_value(tf.cast(joints[..., 0], tf.int32), 0, height * width - 1)
-    num_joints = tf.shape(joints)[2]
+    flat = ops.reshape(tags, [batch, -1])  # [B, H·W·C]
+    joints = ops.convert_to_tensor(joints)
+    index = ops.clip(ops.cast(joints[..., 0], "int32"), 0, height * width - 1)  # [B, P, J]
+    num_people, num_joints = ops.shape(joints)[1], ops.shape(joints)[2]
     # Joint slot j reads channel j when there is one tag map per joint, channel 0 otherwise.
-    channel = tf.range(num_joints) * tf.cast(tf.equal(channels, num_joints), tf.int32)
-    channel = tf.broadcast_to(channel, tf.shape(index))
-    return tf.gather_nd(flat, tf.stack([index, channel], axis=-1), batch_dims=1)
+    channel = ops.arange(num_joints, dtype="int32") * ops.cast(ops.equal(channels, num_joints), "int32")
+    flat_index = ops.reshape(index * channels + channel, [batch, -1])
+    values = ops.take_along_axis(flat, flat_index, axis=1)
+    return ops.reshape(values, [batch, num_people, num_joints])
 
 
-def ae_loss(tags: tf.Tensor, joints: tf.Tensor, loss_type: str = "exp") -> tuple[tf.Tensor, tf.Tensor]:
+def ae_loss(tags: Tensor, joints: Tensor, loss_type: str = "exp") -> tuple[Tensor, Tensor]:
     """Associative-embedding (push, pull) losses per sample, each [B].
 
     For the K people of a sample that have at least one visible joint, with
@@ -65,26 +70,26 @@ def ae_loss(tags: tf.Tensor, joints: tf.Tensor, loss_type: str = "exp") -> tuple
     """
     if loss_type not in AE_LOSS_TYPES:
         raise ValueError(f"unknown AE loss type {loss_type!r}; expected one of {AE_LOSS_TYPES}")
+    joints = ops.convert_to_tensor(joints)
     values = gather_tags(tags, joints)  # [B, P, J]
-    visible = tf.cast(joints[..., 1] > 0, tf.float32)  # [B, P, J]
-    count = tf.reduce_sum(visible, axis=2)  # [B, P]
-    person = tf.cast(count > 0, tf.float32)  # [B, P]
-    safe_count = tf.maximum(count, 1.0)
-    mean = tf.reduce_sum(values * visible, axis=2) / safe_count  # [B, P]
-    spread = tf.reduce_sum(tf.square(values - mean[..., None]) * visible, axis=2) / safe_count
-    people = tf.reduce_sum(person, axis=1)  # [B]
-    pull = tf.reduce_sum(spread * person, axis=1) / tf.maximum(people, 1.0)
+    visible = ops.cast(joints[..., 1] > 0, "float32")  # [B, P, J]
+    count = ops.sum(visible, axis=2)  # [B, P]
+    person = ops.cast(count > 0, "float32")  # [B, P]
+    safe_count = ops.maximum(count, 1.0)
+    mean = ops.sum(values * visible, axis=2) / safe_count  # [B, P]
+    spread = ops.sum(ops.square(values - mean[..., None]) * visible, axis=2) / safe_count
+    people = ops.sum(person, axis=1)  # [B]
+    pull = ops.sum(spread * person, axis=1) / ops.maximum(people, 1.0)
 
     diff = mean[:, :, None] - mean[:, None, :]  # [B, P, P]
     if loss_type == "exp":
-        affinity = tf.exp(-tf.square(diff))
+        affinity = ops.exp(-ops.square(diff))
     else:
-        affinity = tf.nn.relu(1.0 - tf.abs(diff))
-    num_people = tf.shape(mean)[1]
-    off_diagonal = 1.0 - tf.eye(num_people, dtype=tf.float32)
+        affinity = ops.relu(1.0 - ops.abs(diff))
+    off_diagonal = 1.0 - ops.eye(ops.shape(mean)[1], dtype="float32")
     pairs = person[:, :, None] * person[:, None, :] * off_diagonal
-    push_sum = tf.reduce_sum(affinity * pairs, axis=[1, 2])
-    push = 0.5 * push_sum / tf.maximum(people * (people - 1.0), 1.0)
+    push_sum = ops.sum(affinity * pairs, axis=[1, 2])
+    push = 0.5 * push_sum / ops.maximum(people * (people - 1.0), 1.0)
     return push, pull
 
 
@@ -118,7 +123,7 @@ class EHRNetLoss:
         self.pull_factor = float(pull_factor)
         self.ae_type = ae_type
 
-    def __call__(self, outputs: Sequence[tf.Tensor], targets: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    def __call__(self, outputs: Sequence[Tensor], targets: dict[str, Tensor]) -> dict[str, Tensor]:
         quarter, half = outputs
         j = self.num_joints
         terms = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import time
@@ -9,11 +10,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 from tqdm.auto import tqdm
 
+from keras_ehrnet._tf import tf
 from keras_ehrnet.fileio import atomic_write_text
+
+summary_pb2 = importlib.import_module("tensorflow.core.framework.summary_pb2")
 
 SHORT_NAMES = {
     "loss": "loss",

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
+from keras_ehrnet._tf import tf
 from keras_ehrnet.fileio import atomic_save_model, atomic_write_json
 from keras_ehrnet.metrics.benchmarking import CpuMeter, machine_info
 from keras_ehrnet.metrics.coco import evaluate_coco

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
-import tensorflow as tf
+
+from keras_ehrnet._tf import tf
 
 
 @keras.saving.register_keras_serializable(package="keras_ehrnet")

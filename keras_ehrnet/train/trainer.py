@@ -36,8 +36,8 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from keras_ehrnet._tf import tf
 from keras_ehrnet.data import AugmentConfig, CocoKeypoints, build_dataset
 from keras_ehrnet.fileio import atomic_save_model, check_writable, one_line, remove_stale_temporaries
 from keras_ehrnet.keypoints import resolve_flip_index

@@ -12,33 +12,22 @@ import importlib.abc
 import importlib.util
 import sys
 
+from keras_ehrnet._lazy import lazy_getattr
+
 __version__ = "0.1.0"
 
-# public name → module that defines it
-_LAZY = {
-    "EHRNetConfig": "keras_ehrnet.models.scaling",
-    "EfficientHRNet": "keras_ehrnet.models.model",
-    "PRESET_NAMES": "keras_ehrnet.models.scaling",
-    "Predictor": "keras_ehrnet.inference.predictor",
-    "build_backbone": "keras_ehrnet.models.backbone",
-    "build_backbone_classifier": "keras_ehrnet.models.backbone",
-    "build_model": "keras_ehrnet.models.model",
-    "count_macs": "keras_ehrnet.models.macs",
-    "evaluate_coco": "keras_ehrnet.metrics.coco",
-    "get_config": "keras_ehrnet.models.scaling",
-    "load_torch_weights": "keras_ehrnet.weights.torch_import",
+# module (below the package) → the public names it defines
+_HOMES = {
+    "models.scaling": ("EHRNetConfig", "PRESET_NAMES", "get_config"),
+    "models.model": ("EfficientHRNet", "build_model"),
+    "models.backbone": ("build_backbone", "build_backbone_classifier"),
+    "models.macs": ("count_macs",),
+    "inference.predictor": ("Predictor",),
+    "metrics.coco": ("evaluate_coco",),
+    "weights.torch_import": ("load_torch_weights",),
 }
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    """Import a public name's module on first access."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'keras_ehrnet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__all__ = sorted(name for names in _HOMES.values() for name in names)
+__getattr__ = lazy_getattr(__name__, _HOMES)
 
 
 def __dir__() -> list[str]:

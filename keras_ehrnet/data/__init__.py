@@ -7,9 +7,9 @@ images, targets = next(iter(ds))
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
+from keras_ehrnet._lazy import lazy_getattr
 from keras_ehrnet.data.augment import AffineParams, AugmentConfig
 from keras_ehrnet.errors import DatasetError, ImageError
 from keras_ehrnet.keypoints import infer_flip_index
@@ -20,25 +20,14 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 # The tf.data pipeline and the target renderers need TensorFlow, the COCO reader pycocotools:
 # imported on first use (PEP 562), so `keras_ehrnet.data.validate` (which the drawing code reads
 # annotations with) imports with neither.
-_LAZY = {
-    "CocoKeypoints": "coco",
-    "ImageRecord": "coco",
-    "SkipLog": "coco",
-    "load_image": "coco",
-    "Sample": "pipeline",
-    "build_dataset": "pipeline",
-    "load_sample": "pipeline",
-    "make_dataset": "pipeline",
-    "gaussian_heatmaps": "targets",
-}
-
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'keras_ehrnet.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"keras_ehrnet.data.{_LAZY[name]}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(
+    __name__,
+    {
+        "coco": ("CocoKeypoints", "ImageRecord", "SkipLog", "load_image"),
+        "pipeline": ("Sample", "build_dataset", "load_sample", "make_dataset"),
+        "targets": ("gaussian_heatmaps",),
+    },
+)
 
 
 def sample_dataset() -> tuple[Path, Path]:

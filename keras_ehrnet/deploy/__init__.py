@@ -18,46 +18,31 @@ int8 means full-integer with calibration on real images (`calibration_images`);
 int8-dynamic (TFLite only) quantises the weights and needs no images.
 """
 
-import importlib
+from keras_ehrnet._lazy import lazy_getattr
 
-# public name → module that defines it; imported on first use, so that running an exported
+# module → the public names it defines; imported on first use, so that running an exported
 # file (keras_ehrnet.deploy.runtimes, .openvino) does not import the exporters' TensorFlow
-_LAZY = {
-    "RuntimeUnavailableError": "keras_ehrnet.deploy.artefact",
-    **dict.fromkeys(
-        (
-            "DEFAULT_CALIBRATION_IMAGES",
-            "calibration_images",
-            "collect_skipped",
-            "letterbox",
-            "letterbox_tf",
-            "list_images",
-            "read_image",
-        ),
-        "keras_ehrnet.deploy.common",
+_HOMES = {
+    "artefact": ("RuntimeUnavailableError",),
+    "common": (
+        "DEFAULT_CALIBRATION_IMAGES",
+        "calibration_images",
+        "collect_skipped",
+        "letterbox",
+        "letterbox_tf",
+        "list_images",
+        "read_image",
     ),
-    **dict.fromkeys(
-        (
-            "DIRECTORY_FORMATS",
-            "FORMATS",
-            "PRECISIONS",
-            "SUPPORTED_PRECISIONS",
-            "check_options",
-            "default_output_path",
-            "export",
-        ),
-        "keras_ehrnet.deploy.exporter",
+    "exporter": (
+        "DIRECTORY_FORMATS",
+        "FORMATS",
+        "PRECISIONS",
+        "SUPPORTED_PRECISIONS",
+        "check_options",
+        "default_output_path",
+        "export",
     ),
-    "load_runner": "keras_ehrnet.deploy.runtimes",
+    "runtimes": ("load_runner",),
 }
-
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    """Import a public name's module on first access."""
-    if name not in _LAZY:
-        raise AttributeError(f"module 'keras_ehrnet.deploy' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_LAZY[name]), name)
-    globals()[name] = value
-    return value
+__all__ = sorted(name for names in _HOMES.values() for name in names)
+__getattr__ = lazy_getattr(__name__, _HOMES)

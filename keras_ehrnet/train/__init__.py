@@ -9,7 +9,7 @@ the same model with the same loss through `model.fit`. The names below are impor
 so `keras_ehrnet.train.fit` and the config tools import without TensorFlow.
 """
 
-import importlib
+from keras_ehrnet._lazy import lazy_getattr
 
 _HOMES = {
     "overfit": ("overfit", "plot_ap_curves", "plot_losses"),
@@ -44,18 +44,7 @@ _HOMES = {
         "train",
     ),
 }
-_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
-
-
-def __getattr__(name: str):
-    """Import a public name's module on first use (PEP 562); TensorFlow-only ones say so if it is missing."""
-    module = _HOME_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'keras_ehrnet.train' has no attribute {name!r}")
-    # A TensorFlow-only module raises TensorFlowRequiredError (one line naming it) when TF is missing.
-    value = getattr(importlib.import_module(f"keras_ehrnet.train.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr(__name__, _HOMES)
 
 
 __all__ = [

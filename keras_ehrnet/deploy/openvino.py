@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
+from keras_ehrnet.fileio import atomic_path
 
 METADATA_SECTION = "keras_ehrnet"
 
@@ -35,8 +36,6 @@ def import_openvino() -> Any:
 
 def export_openvino(onnx_path: str | Path, out: str | Path) -> Path:
     """Convert our .onnx file to OpenVINO IR at `out` (.xml, with its .bin beside); fp32 weights kept."""
-    from keras_ehrnet.fileio import atomic_path
-
     ov = import_openvino()
     onnx_path, out = Path(onnx_path), Path(out)
     if out.suffix != ".xml":

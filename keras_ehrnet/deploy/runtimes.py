@@ -364,8 +364,6 @@ class OpenVINORunner(Runner):
         try:
             model = core.read_model(str(self.path))
         except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
-            from keras_ehrnet.fileio import one_line
-
             raise ValueError(f"{self.path} is not a valid OpenVINO/ONNX model: {one_line(err)}") from None
         if len(model.inputs) != 1 or len(model.outputs) != 2:
             raise ValueError(

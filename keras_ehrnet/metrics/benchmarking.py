@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
 from keras_ehrnet.threads import set_tf_threads
 
 
@@ -287,7 +288,6 @@ def prepare_runtime(
         from keras_ehrnet.models.folding import fold_batchnorm
 
         return keras_infer_fn(fold_batchnorm(model), input_size, batch=batch)
-    from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
     from keras_ehrnet.deploy.runtimes import load_runner
 
     h, w = input_size
@@ -308,7 +308,6 @@ def export_artefact(model, runtime: str, input_size: tuple[int, int], workdir, *
     from pathlib import Path
 
     from keras_ehrnet.deploy import exporter as ex
-    from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
 
     fmt, precision = RUNTIMES[runtime]
     h, w = input_size

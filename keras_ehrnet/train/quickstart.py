@@ -26,6 +26,7 @@ from keras_ehrnet.fileio import atomic_path, atomic_write_json, check_writable
 from keras_ehrnet.inference.drawing import write_comparison
 from keras_ehrnet.inference.predictor import Predictor, predict_files
 from keras_ehrnet.metrics.coco import evaluate_coco
+from keras_ehrnet.models.model import load_keras_model
 from keras_ehrnet.train.overfit import overfit
 
 # people the exported model scores below this are left out of the drawings (all are scored for AP)
@@ -100,11 +101,7 @@ def quickstart(
     )
 
     log(f"[2/4] exporting TFLite (fp32) at {input_size}×{input_size}, the size it was trained and scored at")
-    import keras
-
-    import keras_ehrnet.model  # noqa: F401  (registers EfficientHRNet for deserialisation)
-
-    model = keras.models.load_model(model_path)
+    model = load_keras_model(model_path)
     tflite_path = export_tflite(model, out / "model.tflite", size, "fp32", progress=False)
 
     log("[3/4] scoring the TFLite model on the sample with pycocotools (same letterboxed input)")

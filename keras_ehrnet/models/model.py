@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from keras_ehrnet.fileio import check_keras_archive
+from keras_ehrnet.fileio import check_keras_archive, one_line
 from keras_ehrnet.models import blocks
 from keras_ehrnet.models.backbone import _input_shape, efficientnet_features, pixel_normalization
 from keras_ehrnet.models.scaling import DROP_CONNECT_RATE, OUTPUT_NAMES, EHRNetConfig, LevelLike, get_config
@@ -180,4 +180,4 @@ def load_keras_model(path: str | os.PathLike) -> keras.Model:
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as err:
-        raise ValueError(f"could not load Keras model {path}: {err}") from err
+        raise ValueError(f"{path}: cannot load the Keras model: {one_line(err)}") from err

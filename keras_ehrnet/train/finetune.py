@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import yaml
 
-from keras_ehrnet.fileio import check_keras_archive
-from keras_ehrnet.models.model import build_model
+from keras_ehrnet.fileio import one_line
+from keras_ehrnet.models.model import build_model, load_keras_model
 from keras_ehrnet.models.scaling import DROP_CONNECT_RATE
 from keras_ehrnet.train.config import ConfigError
 
@@ -154,7 +154,7 @@ def load_initial_weights(model: keras.Model, path: str | os.PathLike) -> InitRep
             raise
         except Exception as err:
             raise ConfigError(
-                f"--init {path}: cannot restore the workdir's checkpoint: {_first_line(err)}"
+                f"--init {path}: cannot restore the workdir's checkpoint: {one_line(err)}"
             ) from None
     elif path.name.endswith(".keras"):
         source = _load_keras_source(path)
@@ -163,7 +163,7 @@ def load_initial_weights(model: keras.Model, path: str | os.PathLike) -> InitRep
         try:
             _load_h5_by_position(model, path, report)
         except Exception as err:
-            raise ConfigError(f"--init {path}: cannot read the weights: {_first_line(err)}") from None
+            raise ConfigError(f"--init {path}: cannot read the weights: {one_line(err)}") from None
         return _check_fits(report)
     else:
         raise ConfigError(f"--init {path}: expected a .keras file, a .weights.h5 file or a training workdir")
@@ -171,21 +171,12 @@ def load_initial_weights(model: keras.Model, path: str | os.PathLike) -> InitRep
     return _check_fits(_copy_by_name(model, source, report))
 
 
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:300]
-
-
 def _load_keras_source(path: Path) -> keras.Model:
     """Load a `.keras` file, saying what is wrong with one that is not a Keras model archive."""
     try:
-        check_keras_archive(path)
+        return load_keras_model(path)
     except ValueError as err:
         raise ConfigError(f"--init {err}") from None
-    try:  # the model module, imported above, registers the package's layers
-        return keras.saving.load_model(str(path), compile=False)
-    except Exception as err:
-        raise ConfigError(f"--init {path}: cannot load the Keras model: {_first_line(err)}") from None
 
 
 def _check_h5(path: Path) -> None:

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="frames waiting between pipeline stages; a live source drops the oldest beyond it (default 2)",
     )
     video.add_argument(
+        "--network-workers",
+        type=_positive_int,
+        metavar="N",
+        help="run N frames through the network side by side, each with its own copy of an ONNX or "
+        "TFLite runtime and a share of the threads (default: one per core, up to 4; 1 for other runtimes)",
+    )
+    video.add_argument(
         "--sequential", action="store_true", help="run the video stages one after another (no threads)"
     )
     p.add_argument("--no-draw", action="store_true", help="JSON only, no drawn images or videos")
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "every": args.every,
         "queue_size": args.queue_size,
         "threaded": not args.sequential,
+        "network_workers": args.network_workers,
     }
     sequences = [i for i in args.inputs if is_stream(i) or (args.track and Path(i).is_dir())]
     summary = predict_files(

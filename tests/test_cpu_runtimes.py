@@ -290,6 +290,46 @@ def test_openvino_runner_matches_the_onnx_file(tiny_and_pixels, tmp_path):
         load_runner(broken)
 
 
+def test_replicas_share_the_threads_and_run_side_by_side_with_the_same_outputs(tiny_and_pixels, tmp_path):
+    """What the video pipeline's parallel network workers rely on: each replica is its own
+    session (ONNX Runtime) or interpreter (TFLite) at its share of the threads, and gives the
+    original's outputs while the others run at the same time."""
+    import threading
+
+    from keras_ehrnet.deploy.onnx import export_onnx
+    from keras_ehrnet.deploy.runtimes import load_runner
+    from keras_ehrnet.deploy.tflite import export_tflite
+
+    tiny, pixels = tiny_and_pixels
+    paths = [
+        export_onnx(tiny, tmp_path / "tiny.onnx", (SIZE, SIZE)),
+        export_tflite(tiny, tmp_path / "tiny.tflite", (SIZE, SIZE)),
+    ]
+    for path in paths:
+        runner = load_runner(path, num_threads=2)
+        want = runner(pixels)
+        replicas = runner.replicas(2)
+        assert runner.replicable and len(replicas) == 2 and replicas[0] is not replicas[1]
+        assert all(type(r) is type(runner) and r.num_threads == 1 for r in replicas)
+        got: dict = {}
+
+        def run(k, replica, got):
+            got[k] = [replica(pixels) for _ in range(3)]
+
+        threads = [threading.Thread(target=run, args=(k, r, got)) for k, r in enumerate(replicas)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for outs in got.values():
+            for pair in outs:
+                for a, b in zip(pair, want):
+                    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * max(1.0, np.abs(b).max()))
+        assert len(runner.replicas(8)) == 8 and runner.replicas(8)[0].num_threads == 1
+        with pytest.raises(ValueError, match="replica count"):
+            runner.replicas(0)
+
+
 def test_training_comparison_takes_medians_of_interleaved_rounds(monkeypatch):
     import argparse
 

@@ -83,6 +83,62 @@ def test_sequential_and_every_and_max_frames():
         run_pipeline(FakeSource(2, live=False), [], print, every=0, progress=False)
 
 
+def test_a_stage_run_by_several_workers_hands_frames_on_in_order():
+    import random
+    import threading
+
+    rng, lock, by_worker = random.Random(0), threading.Lock(), {}
+
+    def worker(k):
+        def stage(item):
+            with lock:
+                pause = rng.uniform(0, 0.01)  # frames finish out of order
+                by_worker[k] = by_worker.get(k, 0) + 1
+            time.sleep(pause)
+            item.people = [k]
+
+        return stage
+
+    seen = []
+    stats = run_pipeline(
+        FakeSource(40, live=False), [[worker(0), worker(1), worker(2)], slow_stage(0)],
+        lambda it: seen.append(it.index), queue_size=2, progress=False,
+    )  # fmt: skip
+    assert seen == list(range(40)) and stats.processed == 40 and stats.dropped == 0
+    assert len(by_worker) > 1 and sum(by_worker.values()) == 40  # really side by side, each frame once
+    seen.clear()  # run one after another, a list's first callable does the work
+    run_pipeline(
+        FakeSource(5, live=False), [[worker(7), worker(8)]], lambda it: seen.append(it.people[0]),
+        threaded=False, progress=False,
+    )  # fmt: skip
+    assert seen == [7] * 5
+
+
+def test_a_failing_parallel_worker_stops_the_run_after_the_frames_before_it(tmp_path):
+    def stage(item):
+        time.sleep(0.002 * (item.index % 3))
+        if item.index == 5:
+            raise RuntimeError("model failed on frame 5")
+
+    path = tmp_path / "out.jsonl"
+    with JsonLinesWriter(path) as writer, pytest.raises(RuntimeError, match="frame 5"):
+        run_pipeline(
+            FakeSource(20, live=False), [[stage, stage]], lambda it: writer.write({"frame": it.index}),
+            progress=False,
+        )  # fmt: skip
+    assert [r["frame"] for r in read_json_lines(path)] == [0, 1, 2, 3, 4]
+
+
+def test_parallel_workers_on_a_live_source_still_drop_rather_than_queue():
+    seen = []
+    stats = run_pipeline(
+        FakeSource(80, live=True, interval=0.001), [[slow_stage(0.02), slow_stage(0.02)]],
+        lambda it: seen.append(it.index), queue_size=2, progress=False,
+    )  # fmt: skip
+    assert stats.dropped > 20 and stats.max_queued <= 2
+    assert stats.processed + stats.dropped == stats.read == 80 and seen == sorted(seen)
+
+
 def test_a_failing_stage_stops_the_run_and_the_lines_written_stay_valid(tmp_path):
     def boom(item):
         if item.index == 3:
@@ -164,6 +220,41 @@ def test_predict_video_writes_tracked_json_lines_and_a_drawn_video(tmp_path, pre
     entry = predict_video(predictor, video, tmp_path / "every", every=2, max_frames=2, progress=False)
     assert [r["frame"] for r in read_json_lines(tmp_path / "every" / "clip.jsonl")] == [0, 2]
     assert "track_id" not in read_json_lines(tmp_path / "every" / "clip.jsonl")[0]["people"][0]
+
+
+class ReplicableStillPeople(StillPeople):
+    """StillPeople that can be replicated like ONNX Runtime; each replica counts its frames."""
+
+    replicable, num_threads = True, 2
+
+    def __init__(self):
+        self.calls = 0
+        self.made: list = []
+
+    def __call__(self, images):
+        self.calls += 1
+        return super().__call__(images)
+
+    def replicas(self, count):
+        self.made = [ReplicableStillPeople() for _ in range(count)]
+        return self.made
+
+
+def test_network_workers_run_replicas_side_by_side_and_give_the_sequential_lines(tmp_path):
+    video = write_video(tmp_path / "clip.avi", frames=12)
+    runner = ReplicableStillPeople()
+    predictor = Predictor(runner, input_size=256, flip=False)
+    one = predict_video(predictor, video, tmp_path / "seq", track=True, threaded=False, progress=False)
+    two = predict_video(predictor, video, tmp_path / "par", track=True, network_workers=2, progress=False)
+    assert one["network_workers"] == 1 and two["network_workers"] == 2 and two["frames"] == 12
+    assert [r.calls > 0 for r in runner.made] == [True, True]  # both replicas ran frames
+    assert sum(r.calls for r in runner.made) >= 12
+    strip = lambda rows: [(r["frame"], r["people"]) for r in rows]  # noqa: E731
+    assert strip(read_json_lines(tmp_path / "par" / "clip.jsonl")) == strip(
+        read_json_lines(tmp_path / "seq" / "clip.jsonl")
+    )
+    with pytest.raises(ValueError, match="network_workers"):
+        predict_video(predictor, video, tmp_path / "bad", network_workers=0, progress=False)
 
 
 def test_a_truncated_video_says_where_it_ended_and_keeps_what_was_written(tmp_path, predictor):

@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from keras_ehrnet.inference.transforms import parse_input_size
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
@@ -27,15 +29,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     what = p.add_mutually_exclusive_group()
     what.add_argument(
-        "--model", type=Path, help="a .keras model (exported to --runtime) or an .onnx/.tflite file"
+        "--model", type=Path, help="a .keras model (exported to --runtime) or an .onnx/.xml/.tflite file"
     )
     what.add_argument("--level", default="H-4", help="a randomly initialised level (default H-4)")
-    p.add_argument("--runtime", default="onnx", choices=("onnx", "tflite-fp32", "keras"), help="default onnx")
+    p.add_argument(
+        "--runtime",
+        default="onnx",
+        choices=("onnx", "openvino", "tflite-fp32", "keras"),
+        help="default onnx (openvino: our ONNX file converted to OpenVINO IR)",
+    )
     p.add_argument("--frames", type=int, default=120, help="frames per run (default 120)")
     p.add_argument("--repeats", type=int, default=5, help="runs of each mode (default 5)")
     p.add_argument("--size", default="640x480", help="video WxH (default 640x480)")
     p.add_argument(
-        "--input-size", type=int, default=384, help="short side of the network input (default 384)"
+        "--scene",
+        choices=("crossing", "pan"),
+        default="crossing",
+        help="crossing: cut-out people walking (default); pan: the sample's most crowded image (11 "
+        "people) under a slow zoom and pan, fitted in with black bars",
+    )
+    p.add_argument(
+        "--input-size",
+        type=parse_input_size,
+        default=384,
+        help="the network input: a short side R (default 384) or a fixed HxW the frame is letterboxed into",
     )
     p.add_argument(
         "--flip", action=argparse.BooleanOptionalAction, default=False, help="flip test (default off)"
@@ -45,6 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--min-score", type=float, default=0.1, help="people below are dropped (as evaluation.predict)"
     )
     p.add_argument("--queue-size", type=int, default=2)
+    p.add_argument(
+        "--network-workers",
+        type=int,
+        help="pipelined runs: frames through the network side by side in this many threads, the "
+        "runtime's threads divided between them (default: keras_ehrnet's choice, one per core up to 4)",
+    )
     p.add_argument(
         "--workdir", type=Path, help="where the video and artefact go (default: a temporary folder)"
     )
@@ -59,25 +82,50 @@ def _frame_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def write_benchmark_video(path: Path, frames: int, size: tuple[int, int]) -> Path:
-    """The synthetic tracking sequence (real people, moving) as an MJPG AVI of `size` (W, H)."""
+def write_benchmark_video(path: Path, frames: int, size: tuple[int, int], scene: str = "crossing") -> Path:
+    """A synthetic tracking sequence of real people (`evaluation.track`) as an MJPG AVI of `size`
+    (W, H): "crossing" (cut-out people walking) or "pan" (the sample image with the most people
+    under a slow zoom and pan, fitted into `size` with black bars)."""
     import cv2
 
-    from evaluation.track import load_cutouts, make_sequence
+    from evaluation.track import load_cutouts, make_pan_sequence, make_sequence
     from keras_ehrnet.data import sample_dataset
 
-    seq = make_sequence(load_cutouts(*sample_dataset()), frames, (size[1], size[0]))
+    if scene == "pan":
+        seq = make_pan_sequence(*sample_dataset(), frames)
+    else:
+        seq = make_sequence(load_cutouts(*sample_dataset()), frames, (size[1], size[0]))
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, size)
     for image in seq.frames:
-        writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        writer.write(cv2.cvtColor(_fit(image, size), cv2.COLOR_RGB2BGR))
     writer.release()
     return path
+
+
+def _fit(image, size: tuple[int, int]):
+    """`image` scaled to fit inside (W, H) = `size`, centred on black."""
+    import cv2
+    import numpy as np
+
+    h, w = image.shape[:2]
+    if (w, h) == size:
+        return image
+    s = min(size[0] / w, size[1] / h)
+    nw, nh = round(w * s), round(h * s)
+    out = np.zeros((size[1], size[0], 3), np.uint8)
+    x, y = (size[0] - nw) // 2, (size[1] - nh) // 2
+    out[y : y + nh, x : x + nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+    return out
 
 
 def _artefact(args: argparse.Namespace, work: Path, input_hw: tuple[int, int]) -> Path | object:
     """The model to time: an artefact file for ONNX / TFLite, a keras.Model for keras."""
     model_path = args.model
-    if model_path is not None and model_path.suffix.lower() in (".onnx", ".tflite"):
+    if model_path is not None and model_path.suffix.lower() in (".onnx", ".xml", ".tflite"):
+        if args.runtime == "openvino" and model_path.suffix.lower() == ".onnx":
+            from keras_ehrnet.deploy.openvino import export_openvino
+
+            return export_openvino(model_path, work / "model.xml")
         return model_path
     import keras
 
@@ -91,10 +139,15 @@ def _artefact(args: argparse.Namespace, work: Path, input_hw: tuple[int, int]) -
         timing_weights(model, input_hw)
     if args.runtime == "keras":
         return model
-    if args.runtime == "onnx":
+    if args.runtime in ("onnx", "openvino"):
         from keras_ehrnet.deploy.onnx import export_onnx
 
-        return export_onnx(model, work / "model.onnx", input_hw)
+        onnx_path = export_onnx(model, work / "model.onnx", input_hw)
+        if args.runtime == "onnx":
+            return onnx_path
+        from keras_ehrnet.deploy.openvino import export_openvino
+
+        return export_openvino(onnx_path, work / "model.xml")
     from keras_ehrnet.deploy.tflite import export_tflite
 
     return export_tflite(model, work / "model.tflite", input_hw)
@@ -106,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         size = _frame_size(args.size)
         if args.frames < 10 or args.repeats < 1:
             raise ValueError(f"--frames must be ≥ 10 and --repeats ≥ 1; got {args.frames}, {args.repeats}")
+        if args.network_workers is not None and args.network_workers < 1:
+            raise ValueError(f"--network-workers must be ≥ 1, got {args.network_workers}")
         if args.model is not None and not args.model.exists():
             raise FileNotFoundError(f"model not found: {args.model}")
     except (ValueError, FileNotFoundError) as err:
@@ -115,19 +170,25 @@ def main(argv: list[str] | None = None) -> int:
     from keras_ehrnet.inference.predictor import Predictor
     from keras_ehrnet.inference.transforms import make_test_plan
     from keras_ehrnet.inference.video import predict_video
+    from keras_ehrnet.threads import available_cores
 
     with tempfile.TemporaryDirectory(prefix="ehrnet-video-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        video = write_benchmark_video(work / "bench.avi", args.frames, size)
+        video = write_benchmark_video(work / "bench.avi", args.frames, size, args.scene)
         # the fixed network input a frame is letterboxed into: the plan's size at this short side
-        input_hw = make_test_plan((size[1], size[0]), args.input_size, (1.0,)).scales[0].size
+        input_hw = (
+            args.input_size
+            if isinstance(args.input_size, tuple)
+            else make_test_plan((size[1], size[0]), args.input_size, (1.0,)).scales[0].size
+        )
         model = _artefact(args, work, input_hw)
         predictor = Predictor(model, input_size=input_hw, flip=args.flip, min_score=args.min_score)
         print(
             f"{predictor!r}: {args.frames} frames of {size[0]}x{size[1]}, input {input_hw[0]}x{input_hw[1]}"
         )
         runs: dict[str, list[float]] = {"pipelined": [], "sequential": []}
+        workers: dict[str, int] = {}
         for r in range(args.repeats):
             for mode in ("pipelined", "sequential"):
                 entry = predict_video(
@@ -137,12 +198,18 @@ def main(argv: list[str] | None = None) -> int:
                     track=not args.no_track,
                     threaded=mode == "pipelined",
                     queue_size=args.queue_size,
+                    network_workers=args.network_workers,
                     progress=False,
                 )
                 if entry["frames"] != args.frames:
                     raise RuntimeError(f"{mode} run processed {entry['frames']} of {args.frames} frames")
                 runs[mode].append(entry["fps"])
-                print(f"run {r + 1}/{args.repeats} {mode:<10} {entry['fps']:.2f} FPS", flush=True)
+                workers[mode] = entry["network_workers"]
+                print(
+                    f"run {r + 1}/{args.repeats} {mode:<10} {entry['fps']:.2f} FPS "
+                    f"({entry['network_workers']} network worker(s), {entry['people']} people found)",
+                    flush=True,
+                )
     med = {mode: statistics.median(v) for mode, v in runs.items()}
     ratio = med["pipelined"] / med["sequential"]
     print(
@@ -157,10 +224,13 @@ def main(argv: list[str] | None = None) -> int:
                 "runtime": predictor.name,
                 "model": str(args.model or args.level),
                 "video": f"{size[0]}x{size[1]}",
+                "scene": args.scene,
                 "input": list(input_hw),
                 "frames": args.frames,
                 "flip": args.flip,
                 "track": not args.no_track,
+                "network_workers": workers,
+                "cores": available_cores(),
                 "fps": runs,
                 "median_fps": med,
                 "speedup": ratio,

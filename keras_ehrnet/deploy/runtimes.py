@@ -57,7 +57,8 @@ class Runner(abc.ABC):
     Attributes: `name` ("keras", "savedmodel", "tflite-fp16", "onnx", "tensorrt-fp16" …),
     `fixed_input_size` ((H, W) when the artefact was exported at a fixed size, else None),
     `num_joints` (None if unknown), `input_dtype` (what the artefact itself takes),
-    `num_threads` (CPU threads the runtime was asked to use; None where the runtime decides).
+    `num_threads` (CPU threads the runtime was asked to use; None where the runtime decides),
+    `replicable` (whether `replicas` can give copies that run side by side).
     """
 
     name: str = "runner"
@@ -66,6 +67,7 @@ class Runner(abc.ABC):
     input_dtype: np.dtype = np.dtype(np.float32)
     num_threads: int | None = None
     path: Path | None = None
+    replicable: bool = False  # whether `replicas` gives side-by-side copies
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Run on RGB pixels [B, H, W, 3] in [0, 255]; returns float32 (quarter, half)."""
@@ -87,6 +89,17 @@ class Runner(abc.ABC):
             raise ValueError(f"image height and width must be divisible by 32; got {size[0]}x{size[1]}")
         quarter, half = self._run(self._prepare(images))
         return np.asarray(quarter, dtype=np.float32), np.asarray(half, dtype=np.float32)
+
+    def replicas(self, count: int) -> list[Runner] | None:
+        """`count` runners of the same artefact that share this one's threads between them, for
+        running several frames side by side (one per thread of a video pipeline); None where the
+        runtime cannot (TensorFlow and TensorRT schedule their own work)."""
+        return None
+
+    def _replica_threads(self, count: int) -> int:
+        if count < 1:
+            raise ValueError(f"replica count must be ≥ 1, got {count}")
+        return max(1, (self.num_threads or available_cores()) // count)
 
     def _prepare(self, images: np.ndarray) -> np.ndarray:
         """Pixels → what the artefact takes (uint8 rounded and clipped, or float32)."""
@@ -234,6 +247,8 @@ def tflite_precision(input_dtype: np.dtype, tensor_dtypes: set) -> str:
 class TFLiteRunner(Runner):
     """A .tflite file on LiteRT (or tf.lite) with XNNPACK at `num_threads` threads."""
 
+    replicable = True
+
     def __init__(self, path: Path, *, num_threads: int | None = None):
         self.path = Path(path)
         self.num_threads = num_threads or available_cores()
@@ -256,6 +271,11 @@ class TFLiteRunner(Runner):
         self.name = f"tflite-{self.precision}"
         self.num_joints = int(min(o["shape"][-1] for o in self._outputs))
         self._batch = int(inp["shape"][0])
+
+    def replicas(self, count: int) -> list[Runner]:
+        """One interpreter each (a TFLite interpreter must not be invoked from two threads)."""
+        threads = self._replica_threads(count)
+        return [TFLiteRunner(self.path, num_threads=threads) for _ in range(count)]
 
     def _new_interpreter(self, input_shape: list[int] | None = None) -> Any:
         """An interpreter with its tensors allocated, the input resized to `input_shape` first.
@@ -302,11 +322,14 @@ class TFLiteRunner(Runner):
 class OnnxRunner(Runner):
     """An .onnx file on ONNX Runtime (CPU unless `providers` says otherwise)."""
 
+    replicable = True
+
     def __init__(self, path: Path, *, num_threads: int | None = None, providers: list | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
         self.num_threads = num_threads or available_cores()
+        self._providers = providers
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.num_threads
         options.inter_op_num_threads = 1
@@ -332,6 +355,11 @@ class OnnxRunner(Runner):
         channels = [o.shape[-1] for o in outputs if isinstance(o.shape[-1], int)]
         self.num_joints = min(channels) if channels else None
 
+    def replicas(self, count: int) -> list[Runner]:
+        """A session each: with one intra-op thread a session runs on its caller's thread."""
+        threads = self._replica_threads(count)
+        return [OnnxRunner(self.path, num_threads=threads, providers=self._providers) for _ in range(count)]
+
     def _run(self, images):
         return order_outputs(self._session.run(None, {self._input_name: images}))
 
@@ -353,6 +381,10 @@ class TensorRTRunner(Runner):
 
 class OpenVINORunner(Runner):
     """An OpenVINO IR (.xml) or ONNX file compiled for the CPU at `num_threads` threads, fp32."""
+
+    # not replicable: two single-threaded compiled models side by side ran a frame every 65 ms on
+    # 2 cores where one two-threaded model took 44 ms (H-4 at 384x512, BENCHMARKS §8); OpenVINO
+    # already keeps the cores busy, so the video pipeline gives it one network worker
 
     def __init__(self, path: Path, *, num_threads: int | None = None):
         from keras_ehrnet.deploy.openvino import import_openvino

@@ -10,8 +10,10 @@ The pipeline (`run_pipeline`) overlaps its stages in threads joined by bounded q
 reading → network → decoding (and tracking) → drawing and writing. On a file every frame is
 processed (a full queue makes the reader wait); on a live source (camera, URL) a full queue
 drops the oldest waiting frame instead, so a slow model falls behind by at most the queue's
-length, never without bound; the dropped count is reported. `threaded=False` runs the very
-same stages one after another (the benchmark's baseline).
+length, never without bound; the dropped count is reported. The network stage can run several
+frames side by side, each worker with its own copy of the runtime (`network_workers`), their
+results handed on in frame order. `threaded=False` runs the very same stages one after another
+(the benchmark's baseline).
 
 Output: one JSON Lines file, a line per processed frame ({"frame", "time", "people"}) written
 and flushed as each frame finishes, so whatever was written stays valid if the run dies; and
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -42,6 +45,7 @@ from keras_ehrnet.inference.decoding import decode_outputs
 from keras_ehrnet.inference.drawing import draw_people
 from keras_ehrnet.inference.images import IMAGE_SUFFIXES, ImageReadError, read_image, to_rgb_uint8
 from keras_ehrnet.inference.tracking import Tracker
+from keras_ehrnet.threads import available_cores
 
 log = logging.getLogger("keras_ehrnet.video")
 
@@ -340,7 +344,7 @@ def _put_dropping(q: queue.Queue, item: Any, stats: PipelineStats, lock: threadi
 
 def run_pipeline(
     source: FrameSource,
-    stages: Sequence[Stage],
+    stages: Sequence[Stage | Sequence[Stage]],
     sink: Callable[[FrameItem], None],
     *,
     threaded: bool = True,
@@ -353,6 +357,9 @@ def run_pipeline(
 
     `threaded`: reading and each stage run in their own thread, joined by queues of at most
     `queue_size` frames, the sink in the calling thread; else all run one after another.
+    A stage given as a list of callables runs in one thread per callable (each may hold its own
+    runtime), frames side by side, handed on in their order; run one after another, a list's
+    first callable does the work.
     A live source drops the oldest queued frame when the first queue is full; a file never
     drops. An exception in any stage or the sink stops the run and is raised here (the sink
     has by then received every earlier frame).
@@ -380,8 +387,9 @@ def run_pipeline(
 
     try:
         if not threaded:
+            serial = [stage if callable(stage) else stage[0] for stage in stages]
             for item in _frames(source, stats, max_frames, every, stop):
-                for stage in stages:
+                for stage in serial:
                     stage(item)
                 done(item)
         else:
@@ -393,9 +401,41 @@ def run_pipeline(
     return stats
 
 
+class _InOrder:
+    """Hands a stage's results on in the order its workers took them, whichever finishes first.
+
+    Workers share one inbox; taking an item and drawing its ticket happen under one lock, so
+    tickets follow the queue's order, and a result is passed on only when its ticket's turn comes.
+    """
+
+    def __init__(self) -> None:
+        self.take_lock = threading.Lock()
+        self.turn = threading.Condition()
+        self.next_ticket = 0
+        self.next_out = 0
+
+    def take(self, inbox: queue.Queue) -> tuple[int, Any]:
+        with self.take_lock:
+            item = inbox.get(timeout=0.1)
+            ticket = self.next_ticket
+            self.next_ticket += 1
+            return ticket, item
+
+    def pass_on(self, ticket: int, item: Any, outbox: queue.Queue, stop: threading.Event) -> None:
+        with self.turn:
+            while self.next_out != ticket and not stop.is_set():
+                self.turn.wait(timeout=0.1)
+        if stop.is_set():
+            return
+        _put(outbox, item, stop)
+        with self.turn:
+            self.next_out += 1
+            self.turn.notify_all()
+
+
 def _run_threaded(
     source: FrameSource,
-    stages: Sequence[Stage],
+    stages: Sequence[Stage | Sequence[Stage]],
     done: Callable[[FrameItem], None],
     stats: PipelineStats,
     stop: threading.Event,
@@ -418,29 +458,39 @@ def _run_threaded(
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
             _put(queues[0], _Failed(err), stop)
 
-    def worker(stage: Stage, inbox: queue.Queue, outbox: queue.Queue) -> None:
-        while not stop.is_set():
+    def worker(
+        stage: Stage, inbox: queue.Queue, outbox: queue.Queue, order: _InOrder, ended: threading.Event
+    ) -> None:
+        while not stop.is_set() and not ended.is_set():
             try:
-                item = inbox.get(timeout=0.1)
+                ticket, item = order.take(inbox)
             except queue.Empty:
                 continue
-            if item is not _DONE and not isinstance(item, _Failed):
+            last = item is _DONE or isinstance(item, _Failed)
+            if not last:
                 try:
                     stage(item)
                 except BaseException as err:  # noqa: BLE001
                     item = _Failed(err)
-            _put(outbox, item, stop)
+            order.pass_on(ticket, item, outbox, stop)
             stats.max_queued = max(stats.max_queued, outbox.qsize())
-            if item is _DONE or isinstance(item, _Failed):
+            if last:
+                ended.set()  # the stage's other workers stop taking: nothing comes after the end
                 return
 
     threads = [threading.Thread(target=reader, name="video-read", daemon=True)]
     for k, stage in enumerate(stages):
-        threads.append(
-            threading.Thread(
-                target=worker, args=(stage, queues[k], queues[k + 1]), name=f"video-stage{k}", daemon=True
+        workers = [stage] if callable(stage) else list(stage)
+        order, ended = _InOrder(), threading.Event()
+        for j, fn in enumerate(workers):
+            threads.append(
+                threading.Thread(
+                    target=worker,
+                    args=(fn, queues[k], queues[k + 1], order, ended),
+                    name=f"video-stage{k}.{j}",
+                    daemon=True,
+                )
             )
-        )
     for t in threads:
         t.start()
     try:
@@ -460,13 +510,46 @@ def _run_threaded(
 # ----------------------------------------------------------------------------- model stages and output
 
 
-def predictor_stages(predictor: Any, tracker: Any = None) -> list[Stage]:
-    """The model's two stages: the network (pre-processing included), then decoding (and tracking)."""
+def network_replicas(predictor: Any, workers: int) -> list[Any]:
+    """`workers` predictors that run the same artefact side by side, its threads divided between
+    them (`Runner.replicas`); just `[predictor]` for one worker or a runtime that cannot."""
+    if workers <= 1:
+        return [predictor]
+    runners = predictor.runner.replicas(workers)
+    if not runners:
+        return [predictor]
+    replicas = []
+    for runner in runners:
+        twin = copy.copy(predictor)
+        twin.runner = runner
+        twin._warm = set()
+        replicas.append(twin)
+    return replicas
 
-    def network(item: FrameItem) -> None:
-        image = to_rgb_uint8(item.image, f"frame {item.index}")
-        plan = predictor.plan(image.shape[:2])
-        item.data = (plan, predictor.network_outputs(image, plan))
+
+def default_network_workers(predictor: Any) -> int:
+    """Network workers for a threaded run: one per core up to 4 where the runtime can be
+    replicated (two single-threaded sessions side by side keep a small model's cores busier than
+    one two-threaded session, and leave the decoder a core when the network waits), else 1."""
+    cores = available_cores()
+    if cores < 2 or not getattr(predictor.runner, "replicable", False):
+        return 1
+    return min(cores, 4)
+
+
+def predictor_stages(predictor: Any, tracker: Any = None, *, replicas: Sequence[Any] = ()) -> list:
+    """The model's two stages: the network (pre-processing included), then decoding (and tracking).
+
+    With `replicas` (predictors from `network_replicas`) the network stage is a list, one
+    callable per replica, for `run_pipeline` to run side by side."""
+
+    def network_of(runner_owner: Any) -> Stage:
+        def network(item: FrameItem) -> None:
+            image = to_rgb_uint8(item.image, f"frame {item.index}")
+            plan = runner_owner.plan(image.shape[:2])
+            item.data = (plan, runner_owner.network_outputs(image, plan))
+
+        return network
 
     def decode(item: FrameItem) -> None:
         plan, outputs = item.data
@@ -474,6 +557,7 @@ def predictor_stages(predictor: Any, tracker: Any = None) -> list[Stage]:
         item.data = None
         item.people = tracker.update(people, frame=item.index) if tracker is not None else people
 
+    network = [network_of(r) for r in replicas] if len(replicas) > 1 else network_of(predictor)
     return [network, decode]
 
 
@@ -564,6 +648,7 @@ def predict_video(
     every: int = 1,
     threaded: bool = True,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    network_workers: int | None = None,
     progress: bool = True,
 ) -> dict:
     """People in every frame of a video, folder of frames, camera or stream.
@@ -573,7 +658,13 @@ def predict_video(
     counter) into `out_dir`. Returns a summary: frames processed, dropped (live sources) and
     skipped as corrupt, seconds, frames per second (end to end: reading to writing), and
     "note" when the source ended early. Raises SourceError when it cannot be opened.
+
+    `network_workers` (threaded runs): frames run through the network side by side in this many
+    threads, each with its own copy of the runtime and a share of its threads; default
+    `default_network_workers` (one per core up to 4 for ONNX Runtime and TFLite, else 1).
     """
+    if network_workers is not None and network_workers < 1:
+        raise ValueError(f"network_workers must be ≥ 1, got {network_workers}")
     if track and tracker is None:
         tracker = Tracker()
     src = source if isinstance(source, FrameSource) else open_source(source)
@@ -581,22 +672,33 @@ def predict_video(
     out = Path(out_dir) if out_dir is not None else None
     jsonl = out / f"{stem}.jsonl" if out is not None else None
     video = out / f"{stem}.mp4" if out is not None and draw else None
-    stages, warm = predictor_stages(predictor, tracker), {"seconds": 0.0}
-    network = stages[0]
+    workers = 1
+    if threaded:
+        workers = network_workers if network_workers is not None else default_network_workers(predictor)
+    replicas = network_replicas(predictor, workers)
+    stages = predictor_stages(predictor, tracker, replicas=replicas)
+    networks = stages[0] if isinstance(stages[0], list) else [stages[0]]
+    warm_lock, warm = threading.Lock(), {"seconds": 0.0}
 
-    def warm_network(item: FrameItem) -> None:  # one-time costs (graph tracing) kept out of the FPS
-        warm["seconds"] += predictor.warmup(item.image.shape[:2])
-        network(item)
+    def warmed(owner: Any, network: Stage) -> Stage:
+        def warm_network(item: FrameItem) -> None:  # one-time costs (graph tracing) kept out of the FPS
+            spent = owner.warmup(item.image.shape[:2])
+            with warm_lock:  # replicas warm up side by side: count the longest, not the sum
+                warm["seconds"] = max(warm["seconds"], spent)
+            network(item)
 
+        return warm_network
+
+    wrapped = [warmed(owner, net) for owner, net in zip(replicas, networks)]
     with src:
         # warm up before the first read where the frame size is known, so a live source does not
         # drop the frames that arrive while the graph is traced
-        prewarm = predictor.warmup(src.frame_size) if src.frame_size else 0.0
+        prewarm = sum(r.warmup(src.frame_size) for r in replicas) if src.frame_size else 0.0
         sink = VideoSink(jsonl, video, src.fps / every, draw_fn=draw_fn)
         try:
             stats = run_pipeline(
                 src,
-                [warm_network, *stages[1:]],
+                [wrapped if len(wrapped) > 1 else wrapped[0], *stages[1:]],
                 sink,
                 threaded=threaded,
                 queue_size=queue_size,
@@ -620,6 +722,7 @@ def predict_video(
         "seconds": stats.seconds,
         "warmup_seconds": prewarm + warm["seconds"],
         "fps": stats.fps,
+        "network_workers": len(replicas),
         "people": sink.people,
         "tracks": (tracker.next_id - 1) if tracker is not None else None,
     }

@@ -140,3 +140,19 @@ def test_plots_are_written(tmp_path):
     ):
         image = cv2.imread(str(path))
         assert image is not None and image.shape[0] > 200 and image.shape[1] > 300
+
+
+def test_ratios_against_the_reference_are_paired_round_by_round():
+    from evaluation.benchmark.latency import paired_ratios
+
+    ours = {"median_ms": 40.0, "round_medians_ms": [44.0, 40.0, 30.0]}
+    # a loaded spell in round 1 slowed both; the per-round ratios see through it
+    got = paired_ratios(ours, [55.0, 40.0, 30.0], {"median_ms": 42.0})
+    assert got["ratio_vs_ref_ort_rounds"] == [0.8, 1.0, 1.0]
+    assert got["ratio_vs_ref_ort_paired"] == 1.0
+    assert got["ratio_vs_ref_ort_from_pixels"] == round(40.0 / 42.0, 3)
+    assert paired_ratios(ours, [40.0], {}) == {}  # rounds that do not pair up give no paired figure
+    entry = {"latency": {"median_ms": 40.0, "p90_ms": 41.0, "min_ms": 39.0, "fps": 25.0}, **got}
+    entry["ratio_vs_ref_ort"] = 0.952
+    table = latency_markdown([{"level": "H-4", "input_size": 384, "runtimes": {"onnx": entry}}], ["onnx"])
+    assert "| 0.952 | 1.0 (0.800–1.000) | 0.952 |" in table

@@ -12,7 +12,8 @@ line: the latency statistics and which heavy modules it had loaded (TensorFlow m
 
 `--layout nchw` times an NCHW ONNX file with an input named anything (the authors' PyTorch
 export) with the same ONNX Runtime options our runner uses, on the same pixels as ours,
-normalised as the reference expects; `--layout torch:LEVEL` times the authors' PyTorch model
+normalised as the reference expects (`nchw-pixels`: normalised and transposed in each timed call,
+as its users must, where our files do that inside the graph); `--layout torch:LEVEL` times the authors' PyTorch model
 eagerly (ARTEFACT is their checkout).
 """
 
@@ -32,8 +33,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _ROOT = Path(__file__).resolve().parents[2]
 
 
-def _nchw_onnx_fn(path: Path, threads: int, batch: int):
-    """A callable running an NCHW .onnx file on fixed random input, ORT options as OnnxRunner's."""
+def _nchw_onnx_fn(path: Path, threads: int, batch: int, from_pixels: bool = False):
+    """A callable running an NCHW .onnx file on fixed random input, ORT options as OnnxRunner's.
+
+    `from_pixels`: each call also does what a user of that file must do to an image first (our
+    files do it inside their graph): normalise the NHWC pixels and transpose them to NCHW, with
+    numpy in one fused multiply-add and one copy."""
     import numpy as np
     import onnxruntime as ort
 
@@ -47,7 +52,16 @@ def _nchw_onnx_fn(path: Path, threads: int, batch: int):
     # the same pixels as _runner_fn's, normalised as the reference's data loader does
     pixels = np.random.default_rng(0).uniform(0, 255, (batch, h, w, c)).astype(np.float32)
     x = ((pixels / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).transpose(0, 3, 1, 2).astype(np.float32)
-    return lambda: session.run(None, {inp.name: x}), "onnx-nchw"
+    if not from_pixels:
+        return lambda: session.run(None, {inp.name: x}), "onnx-nchw"
+    scale = (1.0 / (255.0 * np.float32(IMAGENET_STD))).astype(np.float32)
+    offset = (-np.float32(IMAGENET_MEAN) / np.float32(IMAGENET_STD)).astype(np.float32)
+
+    def from_image():
+        normalised = np.ascontiguousarray((pixels * scale + offset).transpose(0, 3, 1, 2))
+        return session.run(None, {inp.name: normalised})
+
+    return from_image, "onnx-nchw-from-pixels"
 
 
 def _torch_reference_fn(checkout: Path, level: str, threads: int, batch: int):
@@ -88,15 +102,16 @@ def child_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--layout",
         default="nhwc",
-        help="nhwc (our artefact), nchw (an NCHW .onnx file) or torch:LEVEL (ARTEFACT is the reference checkout)",
+        help="nhwc (our artefact), nchw (an NCHW .onnx file), nchw-pixels (the same, normalising and "
+        "transposing NHWC pixels in numpy each call) or torch:LEVEL (ARTEFACT is the reference checkout)",
     )
     args = p.parse_args(argv)
     from keras_ehrnet.metrics.benchmarking import time_callable
     from keras_ehrnet.threads import available_cores
 
     threads = args.threads or available_cores()
-    if args.layout == "nchw":
-        fn, name = _nchw_onnx_fn(args.artefact, threads, args.batch)
+    if args.layout in ("nchw", "nchw-pixels"):
+        fn, name = _nchw_onnx_fn(args.artefact, threads, args.batch, from_pixels=args.layout == "nchw-pixels")
     elif args.layout.startswith("torch:"):
         fn, name = _torch_reference_fn(args.artefact, args.layout.split(":", 1)[1], threads, args.batch)
     else:

@@ -354,12 +354,20 @@ def floor_ms(macs: int, gflops: float) -> float:
     return 2.0 * macs / (gflops * 1e9) * 1000.0
 
 
+def _rounds_text(entry: dict) -> str:
+    """ "0.97 (0.91–1.03)": the median and range of the per-round ratios, or "–"."""
+    rounds = entry.get("ratio_vs_ref_ort_rounds")
+    if not rounds:
+        return "–"
+    return f"{entry['ratio_vs_ref_ort_paired']} ({min(rounds):.3f}–{max(rounds):.3f})"
+
+
 def latency_markdown(rows: list[dict], runtimes: list[str]) -> str:
     """Per level: one row per runtime with median/p90/min ms, FPS, throughput and ratios."""
     lines = [
-        "| level | input | runtime | median ms | p90 ms | min ms | FPS | batch-N img/s | vs ref ORT | × floor "
-        "| CPU ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| level | input | runtime | median ms | p90 ms | min ms | FPS | batch-N img/s | vs ref ORT "
+        "| vs ref ORT, per round | vs ref ORT from pixels | × floor | CPU ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ref = {f"reference {k}": v for k, v in (row.get("reference") or {}).items() if isinstance(v, dict)}
@@ -370,13 +378,14 @@ def latency_markdown(rows: list[dict], runtimes: list[str]) -> str:
             head = f"| {row['level']} | {row['input_size']} | {name} |"
             if "skipped" in r:
                 reason = " ".join(str(r["skipped"]).split()).replace("|", "\\|")  # one table row
-                lines.append(f"{head} skipped: {reason} |||||||||")
+                lines.append(f"{head} skipped: {reason} |||||||||||")
                 continue
             lat = r["latency"]
             thr = r.get("throughput_img_s")
             lines.append(
                 f"{head} {lat['median_ms']:.1f} | {lat['p90_ms']:.1f} | {lat['min_ms']:.1f} | {lat['fps']:.1f} | "
-                f"{f'{thr:.1f}' if thr else '–'} | {r.get('ratio_vs_ref_ort', '–')} | {r.get('x_floor', '–')} | "
+                f"{f'{thr:.1f}' if thr else '–'} | {r.get('ratio_vs_ref_ort', '–')} | {_rounds_text(r)} | "
+                f"{r.get('ratio_vs_ref_ort_from_pixels', '–')} | {r.get('x_floor', '–')} | "
                 f"{lat.get('cpu_median_ms') or '–'} |"
             )
     return "\n".join(lines)

@@ -363,3 +363,42 @@ def test_training_comparison_takes_medians_of_interleaved_rounds(monkeypatch):
     assert row["step_seconds_median"] == 2.0 and row["reference_step_seconds_median"] == 4.0
     assert row["ratio_time_per_image_vs_reference"] == 0.5
     assert row["rounds"]["reference_step_seconds"] == [4.0, 2.0, 4.0]
+
+
+def test_onnx_pair_times_two_files_by_turns_and_profiles_their_operators(tmp_path, capsys):
+    from evaluation.benchmark import onnx_pair
+
+    nhwc = make_model(
+        [helper.make_node("Transpose", ["image"], ["t"], perm=[0, 3, 1, 2]), helper.make_node("Relu", ["t"], ["y"])],
+        [value("image", [1, 8, 8, 3])], [value("y", [1, 3, 8, 8])], {},
+    )  # fmt: skip
+    nchw = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])], [value("x", [1, 3, 8, 8])], [value("y", [1, 3, 8, 8])], {}
+    )
+    other = make_model(
+        [helper.make_node("Relu", ["x"], ["y"])], [value("x", [1, 3, 4, 4])], [value("y", [1, 3, 4, 4])], {}
+    )
+    paths = {}
+    for name, model in (("ours", nhwc), ("ref", nchw), ("other", other)):
+        paths[name] = tmp_path / f"{name}.onnx"
+        onnx.save(model, str(paths[name]))
+    # the NCHW file gets the same pixels normalised; a wrong feed would make ORT raise
+    feed = onnx_pair.feed_for(
+        ort.InferenceSession(str(paths["ref"])), np.full((1, 8, 8, 3), 255.0, np.float32)
+    )
+    np.testing.assert_allclose(
+        feed["x"][0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-6
+    )
+    out = tmp_path / "pair.json"
+    argv = [str(paths["ours"]), str(paths["ref"]), "--pairs", "5", "--profile", "2", "--json", str(out)]
+    assert onnx_pair.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["input"] == [8, 8] and result["pairs"] == 5 and result["ratio_median"] > 0
+    assert result["ratio_quartiles"][0] <= result["ratio_median"] <= result["ratio_quartiles"][1]
+    ops = result["kernel_ms_by_op"]
+    assert "Transpose" in ops["ours"] and "Transpose" not in ops["reference"] and "Relu" in ops["reference"]
+    assert "| Transpose |" in capsys.readouterr().out
+    assert onnx_pair.main([str(paths["ours"]), str(paths["other"])]) == 2
+    assert "different input sizes" in capsys.readouterr().err
+    assert onnx_pair.main([str(paths["ours"]), str(tmp_path / "missing.onnx")]) == 2
+    assert "missing.onnx" in capsys.readouterr().err

@@ -13,8 +13,9 @@ is TFLite's full-integer quantisation (per-channel int8 weights, per-tensor int8
 calibrated on `--calibration-images`, int8 input and outputs). Then, layer by layer, TFLite's
 QuantizationDebugger names the layers whose int8 output differs most from float (error
 relative to the layer's quantisation step), and the program scores two mixed files made by
-the same debugger: the two output convolutions kept in float ("heads float"), and the
-`--keep-float` worst layers kept in float, so the table shows where the AP goes.
+the same debugger: the two output convolutions kept in float ("heads float", found by output
+index: TFLite names them after the signature's outputs), and the `--keep-float` worst layers
+kept in float, so the table shows where the AP goes.
 """
 
 from __future__ import annotations
@@ -81,6 +82,17 @@ def layer_errors(debugger) -> list[dict]:
         )
     rows.sort(key=lambda r: -r["rmse_over_scale"])
     return rows
+
+
+def output_tensor_names(tflite_model: bytes) -> list[str]:
+    """The model's output tensors, which are the two output convolutions' results: TFLite names
+    them after the signature's outputs ("StatefulPartitionedCall:0"), not after their layers, so
+    the heads are found by output index; these are the names QuantizationDebugOptions'
+    `denylisted_nodes` takes to keep those convolutions in float."""
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_content=tflite_model)
+    return [d["name"] for d in interpreter.get_output_details()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,13 +168,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {row['tensor']} ({row['op']}): {row['rmse_over_scale']:.2f} quantisation steps RMSE"
                 )
-            heads = sorted({r["tensor"] for r in worst if any(h in r["tensor"] for h in HEAD_LAYERS)})
-            worst_label = f"int8, {args.keep_float} worst layers float"
-            variants = {worst_label: [r["tensor"] for r in worst[: args.keep_float]]}
-            if heads:
-                variants = {f"int8, heads float ({', '.join(HEAD_LAYERS)})": heads, **variants}
-            else:  # output tensors are named after the signature's outputs, not after their layers
-                print(f"  no quantised tensor named after {HEAD_LAYERS}: the heads-in-float row is skipped")
+            heads = output_tensor_names(debugger.get_nondebug_quantized_model())
+            variants = {
+                f"int8, heads float ({', '.join(HEAD_LAYERS)})": heads,
+                f"int8, {args.keep_float} worst layers float": [
+                    r["tensor"] for r in worst[: args.keep_float]
+                ],
+            }
             for k, (label, keep) in enumerate(variants.items()):
                 options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
                 debugger = tf.lite.experimental.QuantizationDebugger(

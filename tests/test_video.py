@@ -308,3 +308,19 @@ def test_predict_program_reports_a_stream_that_does_not_open(tmp_path):
     assert "skipped 99: cannot open camera 99: no such device, or it is busy" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["frames"] == 0
+
+
+def test_benchmark_video_fits_the_pan_scene_into_the_frame_with_bars(tmp_path):
+    from evaluation.benchmark.video import write_benchmark_video
+
+    path = write_benchmark_video(tmp_path / "pan.avi", 8, (320, 240), "pan")
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    assert len(frames) == 8 and frames[0].shape == (240, 320, 3)
+    # the 640x400 sample image scaled by 0.5 is 320x200: 20-pixel black bars above and below
+    assert frames[0][:16].max() < 30 and frames[0][-16:].max() < 30 and frames[0][100:140].std() > 10

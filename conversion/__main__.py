@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "default: dynamic for savedmodel/onnx, the level's native R otherwise",
     )
     p.add_argument(
+        "--float-heads",
+        action="store_true",
+        help="TFLite int8: keep the two output convolutions in float (float outputs; about half of "
+        "int8's AP loss back, BENCHMARKS §9.5)",
+    )
+    p.add_argument(
         "--with-decoder", action="store_true", help="SavedModel: add signatures that return people"
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
@@ -108,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         check_options(args.format, args.precision, with_decoder=args.with_decoder)
+        if args.float_heads and (args.format, args.precision) != ("tflite", "int8"):
+            raise ValueError(
+                f"--float-heads applies to --format tflite --precision int8 only, not {args.format} {args.precision}"
+            )
         check_writable(args.out, kind="dir" if args.format in DIRECTORY_FORMATS else "file", what="--out")
         if args.format == "tftrt":
             from keras_ehrnet.deploy.tftrt import require_tftrt
@@ -125,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 input_size=args.input_size,
                 calibration_images=args.calibration_images,
                 num_calibration_images=args.num_calibration_images,
+                float_heads=args.float_heads,
                 with_decoder=args.with_decoder,
                 opset=args.opset,
                 max_batch=args.max_batch,

@@ -243,3 +243,7 @@ def test_helpers():
     assert tflite_precision(np.float32, {np.dtype(np.float16), np.dtype(np.float32)}) == "fp16"
     assert tflite_precision(np.float32, {np.dtype(np.int8), np.dtype(np.float32)}) == "int8-dynamic"
     assert tflite_precision(np.float32, {np.dtype(np.float32)}) == "fp32"
+    # counts: full integer inside with float input/outputs (float heads) against dynamic range
+    f32, i8 = np.dtype(np.float32), np.dtype(np.int8)
+    assert tflite_precision(np.float32, {f32: 9, i8: 463}) == "int8"
+    assert tflite_precision(np.float32, {f32: 400, i8: 120}) == "int8-dynamic"

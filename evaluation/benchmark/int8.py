@@ -13,9 +13,9 @@ is TFLite's full-integer quantisation (per-channel int8 weights, per-tensor int8
 calibrated on `--calibration-images`, int8 input and outputs). Then, layer by layer, TFLite's
 QuantizationDebugger names the layers whose int8 output differs most from float (error
 relative to the layer's quantisation step), and the program scores two mixed files made by
-the same debugger: the two output convolutions kept in float ("heads float", found by output
-index: TFLite names them after the signature's outputs), and the `--keep-float` worst layers
-kept in float, so the table shows where the AP goes.
+the library's `export_tflite(..., "int8", float_heads=True)`: the two output convolutions kept
+in float ("heads float"), and the `--keep-float` worst layers kept in float by the same
+debugger, so the table shows where the AP goes.
 """
 
 from __future__ import annotations
@@ -84,17 +84,6 @@ def layer_errors(debugger) -> list[dict]:
     return rows
 
 
-def output_tensor_names(tflite_model: bytes) -> list[str]:
-    """The model's output tensors, which are the two output convolutions' results: TFLite names
-    them after the signature's outputs ("StatefulPartitionedCall:0"), not after their layers, so
-    the heads are found by output index; these are the names QuantizationDebugOptions'
-    `denylisted_nodes` takes to keep those convolutions in float."""
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(model_content=tflite_model)
-    return [d["name"] for d in interpreter.get_output_details()]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import keras
@@ -137,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         f"int8 TFLite: AP {rows['int8']['AP']:.4f} (Δ {rows['int8']['AP'] - rows['fp32']['AP']:+.4f})",
         flush=True,
     )
+    label = f"int8, heads float ({', '.join(HEAD_LAYERS)})"
+    heads = export_tflite(
+        model, args.workdir / "model_int8_float_heads.tflite", size, "int8",
+        calibration_dir=calibration, float_heads=True, progress=False,
+    )  # fmt: skip
+    rows[label] = score(heads)
+    print(
+        f"{label}: AP {rows[label]['AP']:.4f} (Δ {rows[label]['AP'] - rows['fp32']['AP']:+.4f})", flush=True
+    )
     result = {
         "model": str(args.model),
         "input_size": list(size),
@@ -168,24 +166,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {row['tensor']} ({row['op']}): {row['rmse_over_scale']:.2f} quantisation steps RMSE"
                 )
-            heads = output_tensor_names(debugger.get_nondebug_quantized_model())
-            variants = {
-                f"int8, heads float ({', '.join(HEAD_LAYERS)})": heads,
-                f"int8, {args.keep_float} worst layers float": [
-                    r["tensor"] for r in worst[: args.keep_float]
-                ],
-            }
-            for k, (label, keep) in enumerate(variants.items()):
-                options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
-                debugger = tf.lite.experimental.QuantizationDebugger(
-                    converter=converter(), debug_dataset=representative, debug_options=options
-                )
-                path = args.workdir / f"model_int8_mixed{k}.tflite"
-                mixed = atomic_write_bytes(path, debugger.get_nondebug_quantized_model())
-                rows[label] = score(mixed)
-                rows[label]["float_layers"] = keep
-                delta = rows[label]["AP"] - rows["fp32"]["AP"]
-                print(f"{label}: AP {rows[label]['AP']:.4f} (Δ {delta:+.4f})", flush=True)
+            label = f"int8, {args.keep_float} worst layers float"
+            keep = [r["tensor"] for r in worst[: args.keep_float]]
+            options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=keep)
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter(), debug_dataset=representative, debug_options=options
+            )
+            path = args.workdir / "model_int8_worst_float.tflite"
+            mixed = atomic_write_bytes(path, debugger.get_nondebug_quantized_model())
+            rows[label] = score(mixed)
+            rows[label]["float_layers"] = keep
+            delta = rows[label]["AP"] - rows["fp32"]["AP"]
+            print(f"{label}: AP {rows[label]['AP']:.4f} (Δ {delta:+.4f})", flush=True)
     result["delta_ap_int8"] = round(rows["int8"]["AP"] - rows["fp32"]["AP"], 4)
     print()
     print("| TFLite | AP | AP50 | AP75 | AR | Δ AP vs fp32 |")

@@ -88,6 +88,7 @@ def export(
     input_size: int | tuple[int, int] | None = None,
     calibration_images: str | Path | None = None,
     num_calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    float_heads: bool = False,
     with_decoder: bool = False,
     decoder_config: DecodeConfig | None = None,
     opset: int = 17,
@@ -99,11 +100,14 @@ def export(
     `input_size` (R or (H, W), multiples of 32) fixes the input size; without
     it the SavedModel and ONNX keep H and W dynamic and the fixed-size formats
     use the level's native resolution. `calibration_images` is a folder of real
-    images (int8). `with_decoder` adds the in-graph pose decoder (SavedModel).
+    images (int8); `float_heads` keeps TFLite int8's two output convolutions in float.
+    `with_decoder` adds the in-graph pose decoder (SavedModel).
     Raises ValueError for impossible combinations and RuntimeUnavailableError
     where the runtime (TF-TRT, TensorRT) is missing, naming the alternative.
     """
     check_options(format, precision, with_decoder=with_decoder)
+    if float_heads and (format, precision) != ("tflite", "int8"):
+        raise ValueError(f"float heads apply to TFLite int8 only, not {format} {precision}")
     # an output that cannot be written fails now, not after the conversion
     check_writable(out, kind="dir" if format in DIRECTORY_FORMATS else "file", what="--out")
     if format == "tftrt":
@@ -129,6 +133,7 @@ def export(
             precision,
             calibration_dir=calibration_images,
             num_calibration_images=num_calibration_images,
+            float_heads=float_heads,
             progress=progress,
         )
     if format == "onnx":

@@ -12,6 +12,7 @@ call so that timing it times the artefact.
 from __future__ import annotations
 
 import abc
+import collections
 import json
 import os
 import warnings
@@ -233,13 +234,24 @@ def tflite_interpreter_class() -> tuple[type, str]:
         return tf.lite.Interpreter, "tf.lite"
 
 
-def tflite_precision(input_dtype: np.dtype, tensor_dtypes: set) -> str:
-    """A TFLite model's precision from its tensors: int8 (full integer), int8-dynamic, fp16 or fp32."""
+def tflite_precision(input_dtype: np.dtype, tensor_dtypes: set | dict) -> str:
+    """A TFLite model's precision from its tensors: int8 (full integer), int8-dynamic, fp16 or fp32.
+
+    `tensor_dtypes`: the dtypes of its tensors, or a count per dtype. Full integer with float
+    input (int8 with float heads, `export_tflite(float_heads=True)`) is told from dynamic range
+    by the counts: its activations are int8 too, so int8 tensors outnumber float32 ones, where
+    a dynamic-range model keeps every activation in float32."""
+    counts = tensor_dtypes if isinstance(tensor_dtypes, dict) else dict.fromkeys(tensor_dtypes, 1)
+    counts = {np.dtype(k): v for k, v in counts.items()}
     if np.dtype(input_dtype) in (np.dtype(np.int8), np.dtype(np.uint8)):
         return "int8"
-    if np.dtype(np.float16) in tensor_dtypes:
+    if np.dtype(np.float16) in counts:
         return "fp16"
-    if np.dtype(np.int8) in tensor_dtypes:
+    if np.dtype(np.int8) in counts:
+        if isinstance(tensor_dtypes, dict) and counts[np.dtype(np.int8)] > counts.get(
+            np.dtype(np.float32), 0
+        ):
+            return "int8"
         return "int8-dynamic"
     return "fp32"
 
@@ -266,8 +278,8 @@ class TFLiteRunner(Runner):
         self._outputs = self._interp.get_output_details()
         if len(self._outputs) != 2:
             raise ValueError(f"{self.path} has {len(self._outputs)} outputs, expected 2 (quarter, half)")
-        dtypes = {np.dtype(t["dtype"]) for t in self._interp.get_tensor_details()}
-        self.precision = tflite_precision(self.input_dtype, dtypes)
+        dtypes = collections.Counter(np.dtype(t["dtype"]) for t in self._interp.get_tensor_details())
+        self.precision = tflite_precision(self.input_dtype, dict(dtypes))
         self.name = f"tflite-{self.precision}"
         self.num_joints = int(min(o["shape"][-1] for o in self._outputs))
         self._batch = int(inp["shape"][0])

@@ -10,7 +10,11 @@ ops: the file runs on any LiteRT runtime without the Flex delegate.
 - int8-dynamic: int8 weights, float activations (no calibration);
 - int8: full integer: int8 weights and activations, int8 input (pixels with
   the input tensor's scale and zero point) and int8 outputs; activation
-  ranges are calibrated on real images.
+  ranges are calibrated on real images. `float_heads=True` keeps the two 1×1
+  output convolutions in float (float input and outputs, quantised inside): the quarter output holds heatmaps
+  (0…1) and tags (a wider range) under one int8 scale, which coarsens the heatmap
+  values the decoder refines joints from; on the quickstart model this halves
+  int8's AP loss (BENCHMARKS §9.5).
 """
 
 from __future__ import annotations
@@ -99,11 +103,16 @@ def export_tflite(
     *,
     calibration_dir: str | Path | None = None,
     num_calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    float_heads: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Write a .tflite file taking float32 (int8 for full-integer) RGB pixels [B, H, W, 3] at `size`."""
+    """Write a .tflite file taking float32 (int8 for full-integer) RGB pixels [B, H, W, 3] at `size`.
+
+    `float_heads` (int8 only): the two output convolutions stay in float, the rest int8."""
     if precision not in TFLITE_PRECISIONS:
         raise ValueError(f"TFLite precision must be one of {TFLITE_PRECISIONS}, got {precision!r}")
+    if float_heads and precision != "int8":
+        raise ValueError(f"float_heads applies to full-integer int8 only, not {precision}")
     representative = None
     if precision == "int8":
         if calibration_dir is None:
@@ -115,6 +124,33 @@ def export_tflite(
         representative = representative_dataset(calibration_dir, size, num_calibration_images, progress)
     with tempfile.TemporaryDirectory(prefix="ehrnet-tflite-") as tmp:
         export_savedmodel(model, tmp, size, float_default=True)
+        if float_heads:
+            return atomic_write_bytes(out, int8_with_float_heads(tmp, representative))
         return tflite_from_savedmodel(
             tmp, out, precision, representative=representative, signature="serving_default"
         )
+
+
+def int8_with_float_heads(
+    saved_model_dir: str | Path, representative: Callable, signature: str = "serving_default"
+) -> bytes:
+    """Full-integer int8 with the model's output convolutions left in float, as a flatbuffer.
+
+    TFLite names the tensors that the output convolutions write after the signature's outputs,
+    so they are found by output index in a float conversion and kept in float through the
+    QuantizationDebugger's deny list (TFLite's documented route to selective quantisation)."""
+    import tensorflow as tf
+
+    def converter() -> Any:
+        c = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
+        return c
+
+    float_model = tf.lite.Interpreter(model_content=configure_converter(converter(), "fp32").convert())
+    heads = [d["name"] for d in float_model.get_output_details()]
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=heads)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=configure_converter(converter(), "int8", representative),
+        debug_dataset=representative,
+        debug_options=options,
+    )
+    return debugger.get_nondebug_quantized_model()

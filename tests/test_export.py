@@ -227,42 +227,6 @@ def test_tflite_full_integer_int8(savedmodel, image_dir, images, reference):
         assert 0.5 < got.std() / ref.std() < 2.0
 
 
-def test_tflite_int8_with_float_heads_keeps_the_output_convolutions_float(
-    savedmodel, image_dir, images, reference
-):
-    """The recipe of BENCHMARKS §9.5: everything int8 except the two output convolutions."""
-    import tensorflow as tf
-
-    from keras_ehrnet.deploy.tflite import export_tflite, int8_with_float_heads
-
-    representative = representative_dataset(image_dir, (SIZE, SIZE), 8, progress=False)
-    path = savedmodel.parent / "ehrnet_int8_float_heads.tflite"
-    path.write_bytes(int8_with_float_heads(savedmodel, representative, signature="serving_float"))
-    interpreter = tf.lite.Interpreter(model_path=str(path))
-    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
-    producers = {o: op for op in interpreter._get_ops_details() for o in op["outputs"]}
-    outputs = interpreter.get_output_details()
-    assert [o["dtype"] for o in outputs] == [np.float32, np.float32]
-    for o in outputs:  # written by a float convolution, not dequantised from an int8 one
-        op = producers[o["index"]]
-        assert op["op_name"] == "CONV_2D" and all(
-            tensors[i]["dtype"] == np.float32 for i in op["inputs"][1:2]
-        )
-    int8_convs = [
-        op
-        for op in interpreter._get_ops_details()
-        if op["op_name"] == "CONV_2D" and tensors[op["outputs"][0]]["dtype"] == np.int8
-    ]
-    assert len(int8_convs) > 20  # the rest stayed int8
-    runner = load_runner(path, num_threads=2)
-    assert runner.name == "tflite-int8"  # full integer inside; its input and outputs are float
-    report = parity_report(reference, runner(images), J)
-    assert not any(part["nan"] for part in report.values())
-    assert min(part["correlation"] for part in report.values()) >= 0.4, report
-    with pytest.raises(ValueError, match="float_heads applies to full-integer int8 only"):
-        export_tflite(None, path, (SIZE, SIZE), "fp16", float_heads=True)
-
-
 @pytest.fixture(scope="module")
 def onnx_file(model, tmp_path_factory):
     return export(model, "onnx", tmp_path_factory.mktemp("onnx") / "ehrnet.onnx")

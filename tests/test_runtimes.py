@@ -247,3 +247,34 @@ def test_helpers():
     f32, i8 = np.dtype(np.float32), np.dtype(np.int8)
     assert tflite_precision(np.float32, {f32: 9, i8: 463}) == "int8"
     assert tflite_precision(np.float32, {f32: 400, i8: 120}) == "int8-dynamic"
+
+
+def test_tflite_int8_with_float_heads_keeps_only_the_output_convolutions_float(tiny, pixels, tmp_path):
+    """The recipe of BENCHMARKS §9.5: everything int8 except the two output convolutions, which
+    are found by output index; the runner still calls it full-integer int8."""
+    import tensorflow as tf
+
+    from keras_ehrnet.data import sample_dataset
+    from keras_ehrnet.deploy.tflite import export_tflite
+
+    path = export_tflite(
+        tiny, tmp_path / "heads.tflite", (SIZE, SIZE), "int8",
+        calibration_dir=sample_dataset()[1], num_calibration_images=4, float_heads=True, progress=False,
+    )  # fmt: skip
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    producers = {o: op for op in ops for o in op["outputs"]}
+    for out in interpreter.get_output_details():  # written by a float convolution with float weights
+        op = producers[out["index"]]
+        assert out["dtype"] == np.float32 and op["op_name"] == "CONV_2D"
+        assert tensors[op["inputs"][1]]["dtype"] == np.float32
+    convs = [op for op in ops if op["op_name"] in ("CONV_2D", "TRANSPOSE_CONV")]
+    assert sum(tensors[op["outputs"][0]]["dtype"] == np.int8 for op in convs) == len(convs) - 2
+    runner = load_runner(path, num_threads=1)
+    assert runner.name == "tflite-int8"  # full integer inside; its input and outputs are float
+    want = [np.asarray(o) for o in tiny(pixels, training=False)]
+    for got, ref in zip(runner(pixels), want):
+        assert np.isfinite(got).all() and np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.9
+    with pytest.raises(ValueError, match="float_heads applies to full-integer int8 only"):
+        export_tflite(tiny, tmp_path / "x.tflite", (SIZE, SIZE), "fp16", float_heads=True)

@@ -324,3 +324,14 @@ def test_benchmark_video_fits_the_pan_scene_into_the_frame_with_bars(tmp_path):
     assert len(frames) == 8 and frames[0].shape == (240, 320, 3)
     # the 640x400 sample image scaled by 0.5 is 320x200: 20-pixel black bars above and below
     assert frames[0][:16].max() < 30 and frames[0][-16:].max() < 30 and frames[0][100:140].std() > 10
+
+
+def test_network_replicas_are_made_once_per_predictor_and_count():
+    from keras_ehrnet.inference.video import network_replicas
+
+    runner = ReplicableStillPeople()
+    predictor = Predictor(runner, input_size=256, flip=False)
+    two = network_replicas(predictor, 2)
+    assert network_replicas(predictor, 2) is two and [r.runner for r in two] == runner.made
+    assert len(network_replicas(predictor, 3)) == 3 and network_replicas(predictor, 1) == [predictor]
+    assert all(not hasattr(r, "_network_replicas") for r in two)  # a replica holds no copies of its own

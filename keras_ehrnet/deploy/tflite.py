@@ -142,8 +142,7 @@ def int8_with_float_heads(
     import tensorflow as tf
 
     def converter() -> Any:
-        c = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
-        return c
+        return tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=[signature])
 
     float_model = tf.lite.Interpreter(model_content=configure_converter(converter(), "fp32").convert())
     heads = [d["name"] for d in float_model.get_output_details()]

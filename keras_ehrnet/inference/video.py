@@ -512,19 +512,22 @@ def _run_threaded(
 
 def network_replicas(predictor: Any, workers: int) -> list[Any]:
     """`workers` predictors that run the same artefact side by side, its threads divided between
-    them (`Runner.replicas`); just `[predictor]` for one worker or a runtime that cannot."""
-    if workers <= 1:
+    them (`Runner.replicas`); just `[predictor]` for one worker or a runtime that cannot. Made
+    once per predictor and worker count and kept on the predictor, so a run over many videos
+    (or a benchmark's repeats) does not load its sessions again for each."""
+    if workers <= 1 or not getattr(predictor.runner, "replicable", False):
         return [predictor]
-    runners = predictor.runner.replicas(workers)
-    if not runners:
-        return [predictor]
-    replicas = []
-    for runner in runners:
-        twin = copy.copy(predictor)
-        twin.runner = runner
-        twin._warm = set()
-        replicas.append(twin)
-    return replicas
+    cache = predictor.__dict__.setdefault("_network_replicas", {})
+    if workers not in cache:
+        replicas = []
+        for runner in predictor.runner.replicas(workers):
+            twin = copy.copy(predictor)
+            twin.runner = runner
+            twin._warm = set()
+            twin.__dict__.pop("_network_replicas", None)
+            replicas.append(twin)
+        cache[workers] = replicas
+    return cache[workers]
 
 
 def default_network_workers(predictor: Any) -> int:

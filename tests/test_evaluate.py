@@ -8,7 +8,13 @@ import pytest
 from conftest import SHARED
 
 from keras_ehrnet.inference.oracle import Oracle
-from keras_ehrnet.metrics.coco import COCO_STAT_NAMES, coco_summary, evaluate_coco, load_coco
+from keras_ehrnet.metrics.coco import (
+    COCO_STAT_NAMES,
+    coco_summary,
+    evaluate_coco,
+    load_coco,
+    paired_difference,
+)
 
 COCO_MINI = SHARED / "data" / "coco-mini"
 ANN = COCO_MINI / "annotations" / "person_keypoints_train2017.json"
@@ -61,6 +67,30 @@ def test_ground_truth_as_results_scores_one(coco_mini):
     assert stats["AP"] == pytest.approx(1.0)
     stats = coco_summary(coco, results[: len(results) // 2], verbose=False)
     assert 0.2 < stats["AR"] < 0.8
+
+
+def test_paired_difference_gives_the_gap_and_its_jackknife_error(coco_mini):
+    ann, _ = coco_mini
+    coco = load_coco(ann)
+    truth = [
+        {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+        for a in coco.dataset["annotations"]
+        if a["num_keypoints"] > 0 and not a["iscrowd"]
+    ]
+    ids = sorted({r["image_id"] for r in truth})[:8]
+    same = paired_difference(coco, truth, truth, ids)
+    assert same["a"] == same["b"] == pytest.approx(1.0)
+    assert same["delta"] == same["se"] == 0.0 and same["images"] == 8
+    # B misses every person of one image: a loss that only that image carries
+    missing = [r for r in truth if r["image_id"] != ids[3]]
+    gap = paired_difference(coco, truth, missing, ids)
+    assert gap["delta"] < -0.03
+    assert gap["delta"] == pytest.approx(gap["b"] - gap["a"])
+    assert len(gap["leave_one_out"]) == 8
+    assert gap["leave_one_out"][3] == pytest.approx(0.0)  # without that image, nothing differs
+    assert gap["se"] > 0.02
+    with pytest.raises(ValueError, match="at least 3 images"):
+        paired_difference(coco, truth, truth, ids[:2])
 
 
 def test_other_keypoint_sets_get_default_or_given_oks_constants(coco_mini, tmp_path, caplog):

@@ -121,10 +121,51 @@ def test_batchnorm_after_conv_transpose_is_folded_into_it():
     model = make_model(nodes, [value("x", ["batch", 5, 6, 6])], [value("y", [None] * 4)], inits)
     x = rng.standard_normal((2, 5, 6, 6)).astype(np.float32)
     before = run_onnx(model, {"x": x})[0]
-    assert simplify_onnx(model)["conv_transpose_affine_fold"] == 1
+    assert simplify_onnx(model)["conv_affine_fold"] == 1
     assert [n.op_type for n in model.graph.node] == ["ConvTranspose", "Relu"]
     after = run_onnx(model, {"x": x})[0]
     assert np.abs(after - before).max() <= 1e-5 * np.abs(before).max()
+
+
+def test_batchnorm_after_a_depthwise_conv_is_folded_into_it():
+    """tf2onnx leaves the BatchNorm of a grouped (depthwise) convolution as Mul and Add."""
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], group=4, pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Mul", ["c", "scale"], ["m"]),
+        helper.make_node("Add", ["m", "shift"], ["a"]),
+        helper.make_node("Sigmoid", ["a"], ["s"]),
+        helper.make_node("Mul", ["a", "s"], ["y"]),  # swish: its Mul has no constant, it stays
+    ]
+    inits = {
+        "w": rng.standard_normal((4, 1, 3, 3)).astype(np.float32),
+        "scale": rng.uniform(0.5, 1.5, (1, 4, 1, 1)).astype(np.float32),
+        "shift": rng.standard_normal((4, 1, 1)).astype(np.float32),
+    }
+    model = make_model(nodes, [value("x", ["batch", 4, 7, 7])], [value("y", [None] * 4)], inits)
+    x = rng.standard_normal((2, 4, 7, 7)).astype(np.float32)
+    before = run_onnx(model, {"x": x})[0]
+    assert simplify_onnx(model)["conv_affine_fold"] == 1
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Sigmoid", "Mul"]
+    after = run_onnx(model, {"x": x})[0]
+    assert np.abs(after - before).max() <= 1e-5 * np.abs(before).max()
+
+
+def test_a_shared_conv_weight_is_not_folded():
+    rng = np.random.default_rng(6)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("Mul", ["c", "scale"], ["m"]),
+        helper.make_node("Conv", ["x", "w"], ["d"], kernel_shape=[1, 1]),
+        helper.make_node("Add", ["m", "d"], ["y"]),
+    ]
+    inits = {
+        "w": rng.standard_normal((3, 3, 1, 1)).astype(np.float32),
+        "scale": rng.uniform(0.5, 1.5, (1, 3, 1, 1)).astype(np.float32),
+    }
+    model = make_model(nodes, [value("x", ["batch", 3, 4, 4])], [value("y", [None] * 4)], inits)
+    assert simplify_onnx(model)["conv_affine_fold"] == 0
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Mul", "Conv", "Add"]
 
 
 def test_a_channel_last_affine_after_conv_transpose_is_not_folded():
@@ -138,7 +179,7 @@ def test_a_channel_last_affine_after_conv_transpose_is_not_folded():
     ]
     inits = {"w": rng.standard_normal((5, 3, 4, 4)).astype(np.float32), "scale": np.ones(12, np.float32)}
     model = make_model(nodes, [value("x", ["batch", 5, 6, 6])], [value("y", [None] * 4)], inits)
-    assert simplify_onnx(model)["conv_transpose_affine_fold"] == 0
+    assert simplify_onnx(model)["conv_affine_fold"] == 0
     assert [n.op_type for n in model.graph.node] == ["ConvTranspose", "Mul"]
 
 
@@ -279,9 +320,14 @@ def test_openvino_runner_matches_the_onnx_file(tiny_and_pixels, tmp_path):
     assert isinstance(runner, OpenVINORunner) and runner.name == "openvino"
     assert runner.fixed_input_size == (SIZE, SIZE) and runner.num_joints == J
     assert runner.metadata.get("format") == "onnx"  # our metadata travels into the IR
-    for got, want in zip(runner(pixels), load_runner(onnx_path)(pixels)):
-        assert got.shape == want.shape and got.dtype == np.float32
-        assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    onnx_runner = load_runner(onnx_path)
+    for batch in (pixels, pixels[:1], pixels):
+        for got, want in zip(runner(batch), onnx_runner(batch)):
+            assert got.shape == want.shape and got.dtype == np.float32
+            assert np.abs(got - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+    # a fixed-size file is compiled with every axis fixed, once per batch size seen
+    assert sorted(runner._requests) == [1, 2]
+    assert all(c.inputs[0].get_partial_shape().is_static for c, _ in runner._requests.values())
     with pytest.raises(ValueError, match="is written as a .xml file"):
         export_openvino(onnx_path, tmp_path / "model.bin")
     broken = tmp_path / "broken.xml"
@@ -384,7 +430,7 @@ def test_onnx_pair_times_two_files_by_turns_and_profiles_their_operators(tmp_pat
         onnx.save(model, str(paths[name]))
     # the NCHW file gets the same pixels normalised; a wrong feed would make ORT raise
     feed = onnx_pair.feed_for(
-        ort.InferenceSession(str(paths["ref"])), np.full((1, 8, 8, 3), 255.0, np.float32)
+        onnx_pair._Graph(paths["ref"], "onnxruntime", 1), np.full((1, 8, 8, 3), 255.0, np.float32)
     )
     np.testing.assert_allclose(
         feed["x"][0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / [0.229, 0.224, 0.225], rtol=1e-6
@@ -402,3 +448,12 @@ def test_onnx_pair_times_two_files_by_turns_and_profiles_their_operators(tmp_pat
     assert "different input sizes" in capsys.readouterr().err
     assert onnx_pair.main([str(paths["ours"]), str(tmp_path / "missing.onnx")]) == 2
     assert "missing.onnx" in capsys.readouterr().err
+    # the same pair compiled by OpenVINO: each file still gets the input it expects
+    argv = [str(paths["ours"]), str(paths["ref"]), "--runtime", "openvino", "--pairs", "3"]
+    argv += ["--json", str(out)]
+    assert onnx_pair.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["runtime"] == "openvino" and result["input"] == [8, 8] and result["ratio_median"] > 0
+    assert "on openvino" in capsys.readouterr().out
+    assert onnx_pair.main(argv[:-2] + ["--profile", "2"]) == 2
+    assert "ONNX Runtime's profiler" in capsys.readouterr().err

@@ -155,17 +155,25 @@ def _noop_reshapes(model: Any, inits: dict[str, np.ndarray]) -> int:
     return len(drop)
 
 
-def _fold_affine_into_conv_transpose(graph: Any, inits: dict[str, np.ndarray]) -> int:
-    """ConvTranspose → Mul(per-channel) → Add(per-channel) becomes one ConvTranspose with bias."""
+def _fold_affine_into_conv(graph: Any, inits: dict[str, np.ndarray]) -> int:
+    """Conv or ConvTranspose → Mul(per-channel) → Add(per-channel) becomes one conv with bias.
+
+    tf2onnx leaves a BatchNorm after a depthwise (grouped) convolution, and the affine after the
+    transposed convolution, as Mul and Add over the layer's whole output: ONNX Runtime folds
+    them when it loads the file, other runtimes (OpenVINO) may not. Exact up to float32 rounding."""
     from onnx import numpy_helper
 
     consumers = _consumers(graph)
     outputs = {o.name for o in graph.output}
     init_protos = {i.name: i for i in graph.initializer}
+    uses = Counter(name for node in graph.node for name in node.input)
     done = 0
-    for conv in [n for n in graph.node if n.op_type == "ConvTranspose"]:
-        if int(_attr(conv, "group", 1)) != 1 or conv.input[1] not in inits:
+    for conv in [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]:
+        transpose = conv.op_type == "ConvTranspose"
+        if (transpose and int(_attr(conv, "group", 1)) != 1) or conv.input[1] not in inits:
             continue
+        if uses[conv.input[1]] != 1 or (len(conv.input) > 2 and conv.input[2] and uses[conv.input[2]] != 1):
+            continue  # a weight another node shares stays as it is
         chain = []
         out = conv.output[0]
         for op in ("Mul", "Add"):
@@ -180,25 +188,30 @@ def _fold_affine_into_conv_transpose(graph: Any, inits: dict[str, np.ndarray]) -
             out = user.output[0]
         if not chain:
             continue
-        weight = inits[conv.input[1]].astype(np.float64)  # [C_in, C_out, kh, kw]
-        c_out = weight.shape[1]
+        # Conv weights are [C_out, C_in/group, kh, kw], ConvTranspose weights [C_in, C_out, kh, kw]
+        weight = inits[conv.input[1]].astype(np.float64)
+        axis = 1 if transpose else 0
+        c_out = weight.shape[axis]
         bias = (
             inits[conv.input[2]].astype(np.float64)
             if len(conv.input) > 2 and conv.input[2]
             else np.zeros(c_out)
         )
-        channel_shapes = {(1,), (c_out, 1, 1), (1, c_out, 1, 1), (1, 1, 1, 1)}
+        # per output channel in NCHW, or one number; a [C] constant would broadcast over the width
+        channel_shapes = {(c_out, 1, 1), (1, c_out, 1, 1)}
         if any(tuple(value.shape) not in channel_shapes and value.size != 1 for _, value in chain):
             continue
+        scale_shape = (1, -1, 1, 1) if transpose else (-1, 1, 1, 1)
         for user, value in chain:
-            v = value.astype(np.float64).reshape(-1)
+            v = np.broadcast_to(value.astype(np.float64).reshape(-1), (c_out,))
             if user.op_type == "Mul":
-                weight = weight * v.reshape(1, -1, 1, 1)
+                weight = weight * v.reshape(scale_shape)
                 bias = bias * v
             else:
                 bias = bias + v
         w_name, b_name = conv.input[1], f"{conv.name}__folded_bias"
         init_protos[w_name].CopyFrom(numpy_helper.from_array(weight.astype(np.float32), w_name))
+        inits[w_name] = weight.astype(np.float32)
         graph.initializer.append(numpy_helper.from_array(bias.astype(np.float32), b_name))
         if len(conv.input) > 2:
             conv.input[2] = b_name
@@ -299,7 +312,7 @@ def simplify_onnx(model: Any) -> dict[str, int]:
     changes = Counter()
     changes["resize_asymmetric"] = _integer_nearest_resizes(model.graph, inits)
     changes["noop_reshape"] = _noop_reshapes(model, inits)
-    changes["conv_transpose_affine_fold"] = _fold_affine_into_conv_transpose(model.graph, inits)
+    changes["conv_affine_fold"] = _fold_affine_into_conv(model.graph, inits)
     changes["normalise_in_nchw"] = _normalise_after_transpose(model.graph, inits)
     _drop_unused_initializers(model.graph)
     changes["batch_axis_named"] = _name_batch_axis(model)

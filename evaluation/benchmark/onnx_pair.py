@@ -1,7 +1,7 @@
-"""Two ONNX files on ONNX Runtime, run by turns in one process: which graph costs more, and where.
+"""Two ONNX files on one runtime, run by turns in one process: which graph costs more, and where.
 
     python -m evaluation.benchmark onnx-pair OURS.onnx REFERENCE.onnx [--threads 1] [--pairs 15]
-        [--warmup 2] [--profile 4] [--json out.json]
+        [--warmup 2] [--profile 4] [--runtime onnxruntime|openvino] [--json out.json]
 
 Written to tell our exported graph from the reference's (`latency --reference --workdir DIR`
 leaves both in DIR: `H-4_384x384.onnx` and `reference_H-4_384.onnx`). On a shared 2-core machine
@@ -12,7 +12,8 @@ ONNX Runtime's thread-pool hand-offs, which a busy neighbour stretches, out of t
 file gets the input it expects: an NHWC file (ours) pixels in 0..255, an NCHW file (the
 reference's) the same pixels normalised with ImageNet's mean and deviation, as its loader does.
 `--profile N` then runs each file N more times under ONNX Runtime's profiler and prints the
-kernel time per operator type, side by side.
+kernel time per operator type, side by side. `--runtime openvino` compiles both files with
+OpenVINO instead (f32, `--threads` inference threads): does OpenVINO run one graph faster?
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 from evaluation.benchmark.isolated import IMAGENET_MEAN, IMAGENET_STD
+from keras_ehrnet.deploy.artefact import RuntimeUnavailableError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,8 +41,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=15, help="timed calls of each, by turns (default 15)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls of each first (default 2)")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="profiled calls per file (0: none)")
+    p.add_argument(
+        "--runtime",
+        choices=("onnxruntime", "openvino"),
+        default="onnxruntime",
+        help="which runtime runs both files (default onnxruntime; --profile needs it)",
+    )
     p.add_argument("--json", type=Path, help="write the figures here")
     return p.parse_args(argv)
+
+
+class _Graph:
+    """One file compiled by one runtime: its input's name and shape, and a call on a feed."""
+
+    def __init__(self, path: Path, runtime: str, threads: int, profile_dir: str | None = None):
+        self.path = path
+        if runtime == "openvino":
+            from keras_ehrnet.deploy.openvino import import_openvino
+
+            ov = import_openvino()
+            try:
+                model = ov.Core().read_model(str(path))
+            except Exception as err:  # OpenVINO raises its own RuntimeError subclasses
+                raise ValueError(
+                    f"{path} is not a model OpenVINO reads: {' '.join(str(err).split())}"
+                ) from None
+            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+            compiled = ov.Core().compile_model(model, "CPU", config)
+            request = compiled.create_infer_request()
+            self.input_name = compiled.inputs[0].get_any_name()
+            self.input_shape = [
+                d.get_length() if d.is_static else None for d in compiled.inputs[0].get_partial_shape()
+            ]
+            self.run = lambda feed: request.infer({0: next(iter(feed.values()))})
+            self.session = None
+            return
+        self.session = _session(path, threads, profile_dir)
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.input_shape = inp.name, list(inp.shape)
+        self.run = lambda feed: self.session.run(None, feed)
 
 
 def _session(path: Path, threads: int, profile_dir: str | None = None):
@@ -59,24 +98,21 @@ def _session(path: Path, threads: int, profile_dir: str | None = None):
         raise ValueError(f"{path} is not a valid ONNX model: {' '.join(str(err).split())}") from None
 
 
-def feed_for(session, pixels):
-    """The input `session` expects for NHWC `pixels` (0..255): as they are, or normalised NCHW."""
+def feed_for(graph: _Graph, pixels):
+    """The input `graph` expects for NHWC `pixels` (0..255): as they are, or normalised NCHW."""
     import numpy as np
 
-    inp = session.get_inputs()[0]
-    if inp.shape[-1] == 3:
-        return {inp.name: pixels}
+    if graph.input_shape[-1] == 3:
+        return {graph.input_name: pixels}
     x = (pixels / 255.0 - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)
-    return {inp.name: np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)}
+    return {graph.input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)}
 
 
-def _input_hw(session) -> tuple[int, int]:
-    shape = session.get_inputs()[0].shape
+def _input_hw(graph: _Graph) -> tuple[int, int]:
+    shape = graph.input_shape
     h, w = (shape[1], shape[2]) if shape[-1] == 3 else (shape[2], shape[3])
     if not (isinstance(h, int) and isinstance(w, int)):
-        raise ValueError(
-            f"{session.get_inputs()[0].name}: the files must have a fixed input size, got {shape}"
-        )
+        raise ValueError(f"{graph.path}: the files must have a fixed input size, got {shape}")
     return h, w
 
 
@@ -98,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"ONNX file not found: {path}")
         if args.pairs < 1 or args.threads < 1 or args.warmup < 0 or args.profile < 0:
             raise ValueError("--pairs and --threads must be ≥ 1, --warmup and --profile ≥ 0")
-        sessions = [_session(p, args.threads) for p in (args.ours, args.reference)]
+        if args.profile and args.runtime != "onnxruntime":
+            raise ValueError("--profile reads ONNX Runtime's profiler: leave it out with --runtime openvino")
+        sessions = [_Graph(p, args.runtime, args.threads) for p in (args.ours, args.reference)]
         sizes = {_input_hw(s) for s in sessions}
         if len(sizes) != 1:
             raise ValueError(f"the two files take different input sizes: {sorted(sizes)}")
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, RuntimeUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     import numpy as np
@@ -112,12 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     feeds = [feed_for(s, pixels) for s in sessions]
     for s, feed in zip(sessions, feeds):
         for _ in range(args.warmup):
-            s.run(None, feed)
+            s.run(feed)
     times: list[list[float]] = [[], []]
     for _ in range(args.pairs):
         for k, (s, feed) in enumerate(zip(sessions, feeds)):
             start = time.perf_counter()
-            s.run(None, feed)
+            s.run(feed)
             times[k].append((time.perf_counter() - start) * 1000.0)
     ratios = sorted(a / b for a, b in zip(*times))
     q1, med, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
@@ -125,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours": str(args.ours),
         "reference": str(args.reference),
         "input": [h, w],
+        "runtime": args.runtime,
         "threads": args.threads,
         "pairs": args.pairs,
         "ours_median_ms": round(statistics.median(times[0]), 3),
@@ -135,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_quartiles": [round(q1, 4), round(q3, 4)],
     }
     print(
-        f"{args.ours.name} vs {args.reference.name} at {h}x{w}, {args.threads} thread(s), {args.pairs} pairs: "
+        f"{args.ours.name} vs {args.reference.name} on {args.runtime} at {h}x{w}, {args.threads} thread(s), "
+        f"{args.pairs} pairs: "
         f"{result['ours_median_ms']:.1f} vs {result['reference_median_ms']:.1f} ms (medians), "
         f"ours/reference per pair {med:.3f} (quartiles {q1:.3f}–{q3:.3f})"
     )

@@ -279,6 +279,7 @@ def test_openvino_matches_keras_on_real_images(onnx_file, images, reference, tmp
     assert runner.name == "openvino" and runner.num_joints == J and runner.fixed_input_size is None
     report = parity_report(reference, runner(images), J)
     assert worst(report) <= FP32_TOLERANCE, report
+    assert list(runner._requests) == [-1]  # free height and width: one dynamic compilation serves all
 
 
 @pytest.mark.parametrize(

@@ -423,9 +423,17 @@ class OpenVINORunner(Runner):
         static = [c.get_length() for c in channels if c.is_static]
         self.num_joints = min(static) if static else None
         self._output_names = [o.get_any_name() for o in model.outputs]
-        config = {"INFERENCE_NUM_THREADS": self.num_threads, "INFERENCE_PRECISION_HINT": "f32"}
-        self._compiled = core.compile_model(model, "CPU", config)
-        self._request = self._compiled.create_infer_request()
+        self._core, self._model = core, model
+        self._config = {"INFERENCE_NUM_THREADS": self.num_threads, "INFERENCE_PRECISION_HINT": "f32"}
+        # a file with a fixed height and width but a free batch axis (as `export_onnx` writes them)
+        # is compiled once per batch size with every axis fixed: OpenVINO's kernels for a dynamic
+        # shape cost H-4 at 384 about 14 % more per image on a 2-core Xeon (BENCHMARKS §9.3).
+        # A file free in height and width too keeps one dynamic compilation (images differ).
+        self._per_batch = self.fixed_input_size is not None and not shape.is_static
+        self._requests: dict[int, tuple[Any, Any]] = {}
+        if not self._per_batch:
+            compiled = core.compile_model(model, "CPU", self._config)
+            self._requests[-1] = (compiled, compiled.create_infer_request())
 
     @staticmethod
     def _metadata(model: Any) -> dict:
@@ -436,9 +444,22 @@ class OpenVINORunner(Runner):
         except Exception:  # no keras_ehrnet section: an IR converted elsewhere, or an ONNX file
             return {}
 
+    def _compiled_for(self, batch: int) -> tuple[Any, Any]:
+        """The compiled model and infer request for `batch` images (one for any batch when dynamic)."""
+        key = batch if self._per_batch else -1
+        if key not in self._requests:
+            model = self._model.clone()
+            channels = model.inputs[0].get_partial_shape()[3]
+            shape = [batch, *self.fixed_input_size, channels.get_length() if channels.is_static else 3]
+            model.reshape({model.inputs[0].get_any_name(): shape})
+            compiled = self._core.compile_model(model, "CPU", self._config)
+            self._requests[key] = (compiled, compiled.create_infer_request())
+        return self._requests[key]
+
     def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = self._request.infer({0: images})
-        outs = [result[o] for o in self._compiled.outputs]
+        compiled, request = self._compiled_for(len(images))
+        result = request.infer({0: images})
+        outs = [result[o] for o in compiled.outputs]
         names = self._output_names
         if all(n in names for n in OUTPUT_NAMES):
             return tuple(np.asarray(outs[names.index(n)]) for n in OUTPUT_NAMES)

@@ -66,6 +66,12 @@ class _Graph:
                 raise ValueError(
                     f"{path} is not a model OpenVINO reads: {' '.join(str(err).split())}"
                 ) from None
+            shape = model.inputs[0].get_partial_shape()
+            if not shape.is_static:  # batch 1 with every axis fixed, as OpenVINORunner compiles it
+                dims = [1] + [d.get_length() if d.is_static else None for d in list(shape)[1:]]
+                if None in dims:
+                    raise ValueError(f"{path}: the files must have a fixed input size, got {shape}")
+                model.reshape({model.inputs[0].get_any_name(): dims})
             config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
             compiled = ov.Core().compile_model(model, "CPU", config)
             request = compiled.create_infer_request()

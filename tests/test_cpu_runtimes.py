@@ -338,8 +338,9 @@ def test_openvino_runner_matches_the_onnx_file(tiny_and_pixels, tmp_path):
 
 def test_replicas_share_the_threads_and_run_side_by_side_with_the_same_outputs(tiny_and_pixels, tmp_path):
     """What the video pipeline's parallel network workers rely on: each replica is its own
-    session (ONNX Runtime) or interpreter (TFLite) at its share of the threads, and gives the
-    original's outputs while the others run at the same time."""
+    session (ONNX Runtime), interpreter (TFLite) or compiled model (OpenVINO) at its share of the
+    threads, and gives the original's outputs while the others run at the same time."""
+    import importlib.util
     import threading
 
     from keras_ehrnet.deploy.onnx import export_onnx
@@ -351,6 +352,12 @@ def test_replicas_share_the_threads_and_run_side_by_side_with_the_same_outputs(t
         export_onnx(tiny, tmp_path / "tiny.onnx", (SIZE, SIZE)),
         export_tflite(tiny, tmp_path / "tiny.tflite", (SIZE, SIZE)),
     ]
+    if importlib.util.find_spec("openvino") is not None:  # a compiled model each, fixed size only
+        from keras_ehrnet.deploy.openvino import export_openvino
+
+        paths.append(export_openvino(paths[0], tmp_path / "tiny_openvino.xml"))
+        free = export_openvino(export_onnx(tiny, tmp_path / "free.onnx", None), tmp_path / "free.xml")
+        assert not load_runner(free).replicable and load_runner(free).replicas(2) is None
     for path in paths:
         runner = load_runner(path, num_threads=2)
         want = runner(pixels)

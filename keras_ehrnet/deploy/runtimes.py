@@ -394,11 +394,7 @@ class TensorRTRunner(Runner):
 class OpenVINORunner(Runner):
     """An OpenVINO IR (.xml) or ONNX file compiled for the CPU at `num_threads` threads, fp32."""
 
-    # not replicable: two single-threaded compiled models side by side ran a frame every 65 ms on
-    # 2 cores where one two-threaded model took 44 ms (H-4 at 384x512, BENCHMARKS §8); OpenVINO
-    # already keeps the cores busy, so the video pipeline gives it one network worker
-
-    def __init__(self, path: Path, *, num_threads: int | None = None):
+    def __init__(self, path: Path, *, num_threads: int | None = None, cpu_pinning: bool | None = None):
         from keras_ehrnet.deploy.openvino import import_openvino
 
         ov = import_openvino()
@@ -425,15 +421,29 @@ class OpenVINORunner(Runner):
         self._output_names = [o.get_any_name() for o in model.outputs]
         self._core, self._model = core, model
         self._config = {"INFERENCE_NUM_THREADS": self.num_threads, "INFERENCE_PRECISION_HINT": "f32"}
+        if cpu_pinning is not None:
+            self._config["ENABLE_CPU_PINNING"] = bool(cpu_pinning)
         # a file with a fixed height and width but a free batch axis (as `export_onnx` writes them)
         # is compiled once per batch size with every axis fixed: OpenVINO's kernels for a dynamic
         # shape cost H-4 at 384 about 14 % more per image on a 2-core Xeon (BENCHMARKS §9.3).
         # A file free in height and width too keeps one dynamic compilation (images differ).
         self._per_batch = self.fixed_input_size is not None and not shape.is_static
+        # side by side only with every axis fixed: two single-threaded copies then ran H-4 at
+        # 384x512 a frame every 30.0 ms on 2 cores against 36.2 ms for one two-threaded model;
+        # with the batch axis free it was 56.7 against 43.7 ms (BENCHMARKS §8)
+        self.replicable = self.fixed_input_size is not None
         self._requests: dict[int, tuple[Any, Any]] = {}
         if not self._per_batch:
             compiled = core.compile_model(model, "CPU", self._config)
             self._requests[-1] = (compiled, compiled.create_infer_request())
+
+    def replicas(self, count: int) -> list[Runner] | None:
+        """A compiled model each, unpinned (pinned single-threaded copies were slower), for a
+        fixed-size file; None for one free in height and width."""
+        if not self.replicable:
+            return None
+        threads = self._replica_threads(count)
+        return [OpenVINORunner(self.path, num_threads=threads, cpu_pinning=False) for _ in range(count)]
 
     @staticmethod
     def _metadata(model: Any) -> dict:

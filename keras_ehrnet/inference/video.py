@@ -664,7 +664,8 @@ def predict_video(
 
     `network_workers` (threaded runs): frames run through the network side by side in this many
     threads, each with its own copy of the runtime and a share of its threads; default
-    `default_network_workers` (one per core up to 4 for ONNX Runtime and TFLite, else 1).
+    `default_network_workers` (one per core up to 4 for ONNX Runtime, TFLite and fixed-size
+    OpenVINO files, else 1).
     """
     if network_workers is not None and network_workers < 1:
         raise ValueError(f"network_workers must be ≥ 1, got {network_workers}")

@@ -55,14 +55,19 @@ def test_oracle_reaches_high_ap_on_coco_mini(coco_mini, tmp_path):
     assert all(len(r["keypoints"]) == 51 and r["category_id"] == 1 for r in written)
 
 
-def test_ground_truth_as_results_scores_one(coco_mini):
-    ann, _ = coco_mini
-    coco = load_coco(ann)
-    results = [
+def truth_as_results(coco) -> list[dict]:
+    """Every annotated person of `coco` as a detection with score 1: the results that score AP 1."""
+    return [
         {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
         for a in coco.dataset["annotations"]
         if a["num_keypoints"] > 0 and not a["iscrowd"]
     ]
+
+
+def test_ground_truth_as_results_scores_one(coco_mini):
+    ann, _ = coco_mini
+    coco = load_coco(ann)
+    results = truth_as_results(coco)
     stats = coco_summary(coco, results, verbose=False)
     assert stats["AP"] == pytest.approx(1.0)
     stats = coco_summary(coco, results[: len(results) // 2], verbose=False)
@@ -72,11 +77,7 @@ def test_ground_truth_as_results_scores_one(coco_mini):
 def test_paired_difference_gives_the_gap_and_its_jackknife_error(coco_mini):
     ann, _ = coco_mini
     coco = load_coco(ann)
-    truth = [
-        {"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
-        for a in coco.dataset["annotations"]
-        if a["num_keypoints"] > 0 and not a["iscrowd"]
-    ]
+    truth = truth_as_results(coco)
     ids = sorted({r["image_id"] for r in truth})[:8]
     same = paired_difference(coco, truth, truth, ids)
     assert same["a"] == same["b"] == pytest.approx(1.0)

@@ -280,6 +280,7 @@ def test_openvino_matches_keras_on_real_images(onnx_file, images, reference, tmp
     report = parity_report(reference, runner(images), J)
     assert worst(report) <= FP32_TOLERANCE, report
     assert list(runner._requests) == [-1]  # free height and width: one dynamic compilation serves all
+    assert not runner.replicable and runner.replicas(2) is None  # nor copies for video
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ Uses the tiny stand-in model and synthetic data of test_training (a few seconds 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -131,21 +131,42 @@ def test_resume_removes_what_a_killed_save_left(tmp_path):
     assert not any(p.exists() for p in leftovers)
 
 
+# Run in a fresh process: a signal a test sends itself is handled by whatever thread the kernel
+# picks, and a pytest worker that earlier tests filled with other runtimes' thread pools
+# (OpenVINO's, JAX's) once died here with a segfault.
+_SECOND_CTRL_C = """
+import json, os, signal, sys, time
+sys.path.insert(0, sys.argv[2])
+from test_training import tiny_trainer
+
+trainer = tiny_trainer(sys.argv[1], train={"epochs": 3}, checkpoint={"every_steps": 2})
+save = trainer.manager.save
+
+def impatient_save(**kwargs):
+    if not trainer._stop_signal:  # the user presses Ctrl-C twice as the first save begins
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+    return save(**kwargs)
+
+trainer.manager.save = impatient_save
+result = trainer.fit()
+print(json.dumps({"interrupted": result.interrupted, "signal": result.signal, "step": result.step}))
+"""
+
+
 def test_a_second_ctrl_c_while_a_checkpoint_is_written_waits_for_it(tmp_path):
-    trainer = tiny_trainer(tmp_path, train={"epochs": 3}, checkpoint={"every_steps": 2})
-    save = trainer.manager.save
-
-    def impatient_save(**kwargs):
-        if not trainer._stop_signal:  # the user presses Ctrl-C twice as the first save begins
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-        return save(**kwargs)
-
-    trainer.manager.save = impatient_save
-    result = trainer.fit()
-    assert result.interrupted and result.signal == signal.SIGINT and result.step == 2
+    proc = subprocess.run(
+        [sys.executable, "-c", _SECOND_CTRL_C, str(tmp_path), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"interrupted": True, "signal": int(signal.SIGINT), "step": 2}
+    assert "training stops when it is complete" in proc.stdout + proc.stderr  # the second press waited
     assert _latest(tmp_path).endswith("ckpt-2")
     assert not list((tmp_path / "checkpoints").glob("*_temp*"))
     reader = tf.train.load_checkpoint(_latest(tmp_path))
